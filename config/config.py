@@ -1,0 +1,320 @@
+"""Every default of training and testing, and strict command-line overrides.
+
+The defaults are the paper's / reference implementation's settings (SPEC.md sections 7-8).
+Edit ``DEFAULTS`` below to change them for every run, or override single values on the
+command line of ``train.py`` / ``test.py``::
+
+    python train.py --group 2 lr=1e-4 epochs=50 image_size=240,424
+
+An override is ``key=value``; the key must be one of ``DEFAULTS`` and the value is parsed
+with the type of the default (int, float, bool, str, or a list/tuple of those). Unknown
+keys, wrong types and invalid combinations raise :class:`ConfigError` with a message naming
+the key, the value and what was expected.
+
+The resolved config (an ``EasyDict``) is saved in the run directory (``config.yaml``) and in
+every checkpoint (as a plain dict, see :func:`config_to_dict`).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from typing import Any, Iterable, Mapping
+
+from easydict import EasyDict
+
+from utils.fileio import atomic_write_text
+
+__all__ = [
+    "ConfigError",
+    "DEFAULTS",
+    "DATASET_NAMES",
+    "get_config",
+    "apply_overrides",
+    "update_config",
+    "validate_config",
+    "config_to_dict",
+    "dump_config",
+    "save_config",
+    "load_config_file",
+    "dataset_root",
+    "parse_override",
+]
+
+DATASET_NAMES = ("youtube_vis", "minivspw")
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+NUM_FOLDS = 4
+FEATURE_STRIDE = 8          # the network's output stride: image sides must be multiples
+MIN_IMAGE_SIDE = 64          # smallest side the transformer's 4x4 spatial reduction accepts
+
+
+class ConfigError(ValueError):
+    """A bad configuration value or override (the message names the key and the value)."""
+
+
+DEFAULTS = EasyDict(
+    {
+        # ---- data ------------------------------------------------------------------
+        "dataset": "youtube_vis",                  # youtube_vis | minivspw
+        "youtube_vis_root": "data/Youtube-VOS",    # holds train/train.json, train/JPEGImages
+        "minivspw_root": "data/VSPW_480p",         # VSPW 480p with lists/ (see dataset/)
+        "image_size": [240, 424],                  # (H, W) letterbox size, multiples of 8
+        "group": 1,                                # fold 1..4 (held-out classes)
+        "support_shots": 5,                        # annotated support images per episode
+        "query_frames": 15,                        # training query frames (3 clips of 5)
+        "clip_length": 5,                          # frames per clip (train and test)
+        "episodes_per_class": 100,                 # training episodes per class per epoch
+        "val_episodes_per_class": 50,              # validation episodes per class
+        "num_workers": 4,                          # DataLoader worker processes
+        # ---- optimisation ------------------------------------------------------------
+        "epochs": 100,
+        "batch_size": 4,                           # per process (DDP: per GPU)
+        "val_batch_size": 4,
+        "lr": 5e-4,                                # Adam
+        "betas": [0.9, 0.999],
+        "weight_decay": 5e-4,
+        "loss_weight_main": 1.0,
+        "loss_weight_aux": 1.0,
+        "loss_weight_contrast": 1.0,
+        "loss_weight_score": 1.0,
+        "amp": True,                               # mixed precision + GradScaler (CUDA only)
+        "grad_clip": 0.0,                          # max grad norm; 0 disables (reference: off)
+        # ---- inference (test.py) -------------------------------------------------------
+        "memory_threshold": 0.8,                   # score >= this makes a frame reliable memory
+        "memory_size": 5,                          # at most this many memory frames per clip
+        "vc_window": 7,                            # VC_n window length
+        "test_runs": 1,                            # repeat the test with seeds seed..seed+N-1
+        # ---- model -------------------------------------------------------------------
+        "backbone_weights": "pretrain_model/resnet50_v2.pth",   # 'none' = random backbone
+        # ---- run ---------------------------------------------------------------------
+        "seed": 42,
+        "device": "auto",                          # auto | cpu | cuda | cuda:N
+        "output_dir": "runs",                      # run directories are created in here
+        "run_name": "",                            # default: <dataset>_group<G>
+        "save_every": 10,                          # periodic checkpoint every N epochs
+        "validate_every": 1,                       # validation every N epochs
+        "log_every": 10,                           # TensorBoard scalars every N iterations
+    }
+)
+
+_TRUE = {"1", "true", "yes", "on", "y", "t"}
+_FALSE = {"0", "false", "no", "off", "n", "f"}
+
+
+def get_config() -> EasyDict:
+    """A fresh deep copy of the defaults (mutating it never changes ``DEFAULTS``)."""
+    return EasyDict(copy.deepcopy(config_to_dict(DEFAULTS)))
+
+
+def _type_name(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (list, tuple)):
+        inner = _type_name(value[0]) if value else "any"
+        return f"list of {len(value)} {inner}"
+    return type(value).__name__
+
+
+def _parse_scalar(key: str, text: str, default: Any) -> Any:
+    text = text.strip()
+    if isinstance(default, bool):
+        low = text.lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        raise ConfigError(f"config key {key!r}: expected a bool (true/false), got {text!r}")
+    if isinstance(default, int):
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(f"config key {key!r}: expected an int, got {text!r}") from None
+    if isinstance(default, float):
+        try:
+            return float(text)
+        except ValueError:
+            raise ConfigError(f"config key {key!r}: expected a float, got {text!r}") from None
+    if isinstance(default, str):
+        return text
+    raise ConfigError(f"config key {key!r}: cannot parse values of type {_type_name(default)}")
+
+
+def parse_override(key: str, text: str, default: Any) -> Any:
+    """Parse the string ``text`` for ``key`` with the type of ``default``.
+
+    Lists accept ``a,b`` or ``[a, b]`` and must have the default's length.
+    """
+    if isinstance(default, (list, tuple)):
+        body = text.strip()
+        if body.startswith(("[", "(")) and body.endswith(("]", ")")):
+            body = body[1:-1]
+        parts = [p for p in (s.strip() for s in body.split(",")) if p != ""]
+        if default and len(parts) != len(default):
+            raise ConfigError(
+                f"config key {key!r}: expected {_type_name(default)} (e.g. "
+                f"{key}={','.join(str(v) for v in default)}), got {text!r}"
+            )
+        element = default[0] if default else ""
+        return [_parse_scalar(key, p, element) for p in parts]
+    return _parse_scalar(key, text, default)
+
+
+def _check_value_type(key: str, value: Any, default: Any) -> Any:
+    """Return ``value`` converted to the default's type, or raise ConfigError."""
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(default, str):
+        if isinstance(value, str):
+            return value
+    elif isinstance(default, (list, tuple)):
+        if isinstance(value, (list, tuple)) and (not default or len(value) == len(default)):
+            element = default[0] if default else value[0] if value else ""
+            return [_check_value_type(key, v, element) for v in value]
+    raise ConfigError(
+        f"config key {key!r}: expected {_type_name(default)}, got {value!r} ({_type_name(value)})"
+    )
+
+
+def _unknown_key(key: str) -> ConfigError:
+    valid = ", ".join(sorted(DEFAULTS))
+    return ConfigError(f"unknown config key {key!r}; valid keys are: {valid}")
+
+
+def update_config(cfg: EasyDict, values: Mapping[str, Any]) -> EasyDict:
+    """Set python ``values`` on ``cfg`` (in place) with the same strict checks, then validate."""
+    for key, value in values.items():
+        if key not in DEFAULTS:
+            raise _unknown_key(key)
+        cfg[key] = _check_value_type(key, value, DEFAULTS[key])
+    validate_config(cfg)
+    return cfg
+
+
+def apply_overrides(cfg: EasyDict, overrides: Iterable[str]) -> EasyDict:
+    """Apply ``key=value`` strings to ``cfg`` (in place), parse by the default's type, validate."""
+    parsed = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"config override {item!r} is not of the form key=value")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        if key not in DEFAULTS:
+            raise _unknown_key(key)
+        parsed[key] = parse_override(key, text, DEFAULTS[key])
+    return update_config(cfg, parsed)
+
+
+def validate_config(cfg: Mapping[str, Any]) -> None:
+    """Raise ConfigError if a value or a combination of values is invalid."""
+    unknown = sorted(set(cfg) - set(DEFAULTS))
+    if unknown:
+        raise _unknown_key(unknown[0])
+    missing = sorted(set(DEFAULTS) - set(cfg))
+    if missing:
+        raise ConfigError(f"config is missing keys: {', '.join(missing)}")
+    h, w = cfg["image_size"]
+    for side_name, side in (("height", h), ("width", w)):
+        if side % FEATURE_STRIDE != 0 or side < MIN_IMAGE_SIDE:
+            raise ConfigError(
+                f"image_size={h},{w}: the {side_name} {side} must be a multiple of "
+                f"{FEATURE_STRIDE} and at least {MIN_IMAGE_SIDE} (e.g. 240,424 or 64,112)"
+            )
+    if cfg["dataset"] not in DATASET_NAMES:
+        raise ConfigError(f"dataset={cfg['dataset']!r}: expected one of {', '.join(DATASET_NAMES)}")
+    if not 1 <= cfg["group"] <= NUM_FOLDS:
+        raise ConfigError(f"group={cfg['group']}: expected a fold number 1..{NUM_FOLDS}")
+    device = cfg["device"]
+    if not (device in DEVICE_CHOICES or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise ConfigError(f"device={device!r}: expected auto, cpu, cuda or cuda:N")
+    positive = ("support_shots", "query_frames", "clip_length", "episodes_per_class",
+                "val_episodes_per_class", "epochs", "batch_size", "val_batch_size", "memory_size",
+                "vc_window", "test_runs", "save_every", "validate_every", "log_every")
+    for key in positive:
+        if cfg[key] < 1:
+            raise ConfigError(f"{key}={cfg[key]}: expected a positive integer")
+    for key in ("num_workers",):
+        if cfg[key] < 0:
+            raise ConfigError(f"{key}={cfg[key]}: expected >= 0")
+    if cfg["query_frames"] % cfg["clip_length"] != 0:
+        raise ConfigError(
+            f"query_frames={cfg['query_frames']} must be a multiple of clip_length="
+            f"{cfg['clip_length']} (training cuts the query into whole clips)"
+        )
+    if cfg["lr"] <= 0:
+        raise ConfigError(f"lr={cfg['lr']}: expected > 0")
+    if cfg["weight_decay"] < 0 or cfg["grad_clip"] < 0:
+        raise ConfigError("weight_decay and grad_clip must be >= 0")
+    for beta in cfg["betas"]:
+        if not 0.0 <= beta < 1.0:
+            raise ConfigError(f"betas={cfg['betas']}: each must be in [0, 1)")
+    if not 0.0 <= cfg["memory_threshold"] <= 1.0:
+        raise ConfigError(f"memory_threshold={cfg['memory_threshold']}: expected a value in [0, 1]")
+    for key in ("loss_weight_main", "loss_weight_aux", "loss_weight_contrast", "loss_weight_score"):
+        if cfg[key] < 0:
+            raise ConfigError(f"{key}={cfg[key]}: expected >= 0")
+
+
+def config_to_dict(cfg: Mapping[str, Any]) -> dict:
+    """A plain, JSON/YAML-serialisable dict copy (tuples become lists)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, Mapping):
+            return {str(k): plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+
+    return plain(cfg)
+
+
+def dump_config(cfg: Mapping[str, Any], fmt: str = "yaml") -> str:
+    """The config as YAML (if PyYAML is installed) or JSON text."""
+    data = config_to_dict(cfg)
+    if fmt == "yaml":
+        try:
+            import yaml
+        except ImportError:  # pragma: no cover - PyYAML is a requirement
+            fmt = "json"
+        else:
+            return yaml.safe_dump(data, sort_keys=True, default_flow_style=None)
+    if fmt != "json":
+        raise ConfigError(f"unknown config format {fmt!r}: expected yaml or json")
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+def save_config(cfg: Mapping[str, Any], path: str) -> str:
+    """Write the config atomically to ``path`` (.yaml/.yml -> YAML, otherwise JSON)."""
+    fmt = "yaml" if path.endswith((".yaml", ".yml")) else "json"
+    return atomic_write_text(path, dump_config(cfg, fmt))
+
+
+def load_config_file(path: str) -> EasyDict:
+    """Defaults updated (strictly) with the values of a saved YAML/JSON config file."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} does not exist")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        if path.endswith((".yaml", ".yml")):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # noqa: BLE001 - any parse error becomes one clear message
+        raise ConfigError(f"config file {path!r} could not be parsed: {exc}") from None
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config file {path!r} must hold a mapping of key: value")
+    return update_config(get_config(), data)
+
+
+def dataset_root(cfg: Mapping[str, Any]) -> str:
+    """The data root of the configured dataset."""
+    return cfg["youtube_vis_root"] if cfg["dataset"] == "youtube_vis" else cfg["minivspw_root"]
