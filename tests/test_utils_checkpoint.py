@@ -1,0 +1,142 @@
+"""Atomic writes, checkpoint round trips, RNG state, and loading the authors' format."""
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from utils.checkpoint import (CheckpointError, capture_rng_state, load_checkpoint, load_model_state,
+                              restore_rng_state, save_checkpoint)
+from utils.fileio import atomic_write, atomic_write_text
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.head = nn.Linear(4, 2)
+        self.register_buffer("running", torch.zeros(2))
+
+
+def test_atomic_write_failure_keeps_the_old_file(tmp_path):
+    path = tmp_path / "out.txt"
+    atomic_write_text(str(path), "old content")
+
+    def half_then_crash(f):
+        f.write(b"new con")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_write(str(path), half_then_crash)
+    assert path.read_text() == "old content"
+    assert os.listdir(tmp_path) == ["out.txt"]   # no temporary file left behind
+
+
+def test_kill_9_during_checkpoint_write_never_leaves_a_truncated_file(tmp_path):
+    path = tmp_path / "ckpt.pth"
+    script = textwrap.dedent(f"""
+        import sys, torch
+        sys.path.insert(0, {REPO!r})
+        from utils.fileio import atomic_torch_save
+        i = 0
+        while True:
+            atomic_torch_save({{"i": i, "w": torch.full((4_000_000,), float(i))}}, {str(path)!r})
+            i += 1
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.time() + 60
+        while not path.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)                          # kill in the middle of some later write
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    ckpt = torch.load(str(path), weights_only=True)
+    assert torch.all(ckpt["w"] == float(ckpt["i"]))
+
+
+def test_rng_state_round_trip():
+    state = capture_rng_state()
+    first = (random.random(), np.random.rand(), torch.rand(3))
+    restore_rng_state(state)
+    second = (random.random(), np.random.rand(), torch.rand(3))
+    assert first[0] == second[0] and first[1] == second[1] and torch.equal(first[2], second[2])
+
+
+def test_checkpoint_round_trip_is_self_describing(tmp_path):
+    torch.manual_seed(0)
+    model = Tiny()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.head(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    path = save_checkpoint(str(tmp_path / "c.pth"), model=model, optimizer=opt, epoch=3, iteration=7,
+                           config={"lr": 1e-3, "image_size": (64, 112)}, best_metric=0.5, best_epoch=2,
+                           sampler_state={"epoch": 3, "seed": 42})
+    ckpt = load_checkpoint(path)
+    assert ckpt["format"] == "vipmt-checkpoint" and ckpt["epoch"] == 3 and ckpt["iteration"] == 7
+    assert ckpt["config"] == {"lr": 1e-3, "image_size": [64, 112]}
+    assert ckpt["best_metric"] == 0.5 and ckpt["best_epoch"] == 2 and ckpt["sampler"]["seed"] == 42
+    other = Tiny()
+    load_model_state(other, ckpt["state_dict"])
+    for k, v in model.state_dict().items():
+        assert torch.equal(other.state_dict()[k], v)
+    opt2 = torch.optim.Adam(other.parameters(), lr=1e-3)
+    opt2.load_state_dict(ckpt["optimizer"])
+    restored, original = opt2.state_dict()["state"], opt.state_dict()["state"]
+    assert sorted(restored) == sorted(original) == [2, 3]          # head.weight, head.bias
+    assert torch.equal(restored[2]["exp_avg"], original[2]["exp_avg"])
+    restore_rng_state(ckpt["rng"][0])          # the stored RNG state is usable
+
+
+def test_authors_format_with_module_prefix(tmp_path):
+    model = Tiny()
+    sd = OrderedDict(("module." + k, torch.randn_like(v)) for k, v in model.state_dict().items())
+    torch.save({"state_dict": sd, "epoch": 99}, tmp_path / "authors.pth")
+    ckpt = load_checkpoint(str(tmp_path / "authors.pth"))
+    load_model_state(model, ckpt["state_dict"])
+    assert torch.equal(model.head.weight, sd["module.head.weight"])
+    torch.save(model.state_dict(), tmp_path / "bare.pth")   # a bare state dict works too
+    assert set(load_checkpoint(str(tmp_path / "bare.pth"))["state_dict"]) == set(model.state_dict())
+
+
+def test_wrong_keys_are_named_in_one_error():
+    model = Tiny()
+    sd = OrderedDict(model.state_dict())
+    del sd["conv.bias"]
+    sd["extra.weight"] = torch.zeros(1)
+    sd["head.weight"] = torch.zeros(3, 4)
+    with pytest.raises(CheckpointError) as err:
+        load_model_state(model, sd, source="checkpoint 'x.pth'")
+    msg = str(err.value)
+    assert "x.pth" in msg and "missing 1: conv.bias" in msg and "unexpected 1: extra.weight" in msg
+    assert "head.weight (file (3, 4), model (2, 4))" in msg
+
+
+def test_missing_truncated_and_unsafe_files(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(str(tmp_path / "nope.pth"))
+    good = tmp_path / "good.pth"
+    torch.save({"state_dict": Tiny().state_dict()}, good)
+    truncated = tmp_path / "trunc.pth"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="trunc.pth.*could not be read"):
+        load_checkpoint(str(truncated))
+    unsafe = tmp_path / "unsafe.pth"
+    torch.save({"state_dict": Tiny().state_dict(), "args": Tiny}, unsafe)
+    with pytest.raises(CheckpointError, match="--trust-checkpoint"):
+        load_checkpoint(str(unsafe))
+    assert "state_dict" in load_checkpoint(str(unsafe), trusted=True)
+    torch.save({"weights": [1, 2]}, tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match="no 'state_dict'.*weights"):
+        load_checkpoint(str(tmp_path / "other.pth"))

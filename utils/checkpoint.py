@@ -1,0 +1,255 @@
+"""Self-describing, atomically written checkpoints and a loader for ours and the authors'.
+
+Our checkpoint is a dict (loadable with ``torch.load(..., weights_only=True)``)::
+
+    {"format": "vipmt-checkpoint", "version": 1,
+     "state_dict": {reference parameter name: tensor},   # same key as the authors' files
+     "optimizer": ..., "scaler": ..., "epoch": completed epochs,
+     "iteration": iterations done in the current epoch (0 = epoch finished),
+     "global_step": ..., "sampler": {...}, "rng": [per-rank RNG states],
+     "config": {resolved config}, "best_metric": float | None, "best_epoch": int | None,
+     "metrics": {...}}
+
+The authors' checkpoints are ``{"state_dict": {...}}`` (possibly with more keys, and
+parameter names possibly prefixed with ``module.`` by DataParallel/DDP); a bare state
+dict ``{name: tensor}`` is accepted as well. :func:`load_model_state` loads any of them into
+a model and reports every missing, unexpected or wrongly shaped parameter by name in one
+:class:`CheckpointError`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import random
+from collections import OrderedDict
+from typing import Any, Dict, Iterable, List, Mapping, Optional
+
+import numpy as np
+import torch
+
+from .fileio import atomic_torch_save
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
+    "CheckpointError",
+    "capture_rng_state",
+    "restore_rng_state",
+    "unwrap_model",
+    "strip_prefix",
+    "save_checkpoint",
+    "load_checkpoint",
+    "load_model_state",
+    "is_our_checkpoint",
+]
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "vipmt-checkpoint"
+CHECKPOINT_VERSION = 1
+PARALLEL_PREFIX = "module."      # added by DataParallel / DistributedDataParallel
+MAX_NAMES_IN_MESSAGE = 20        # longer key lists are cut, with a count of the rest
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable, or does not fit the model (names the keys)."""
+
+
+# ---- RNG state ---------------------------------------------------------------------------
+def capture_rng_state() -> Dict[str, Any]:
+    """RNG states of python, numpy, torch (CPU and every CUDA device), as plain picklable data."""
+    np_state = np.random.get_state()
+    state: Dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {
+            "bit_generator": np_state[0],
+            "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["bit_generator"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        cuda_states = state["cuda"]
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+        else:
+            logger.warning("checkpoint holds %d CUDA RNG states but %d devices are visible; "
+                           "CUDA RNG not restored", len(cuda_states), torch.cuda.device_count())
+
+
+# ---- saving ------------------------------------------------------------------------------
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a DataParallel / DistributedDataParallel wrapper (or the model)."""
+    return model.module if hasattr(model, "module") and isinstance(model.module, torch.nn.Module) else model
+
+
+def save_checkpoint(
+    path: str,
+    *,
+    model: torch.nn.Module,
+    epoch: int,
+    optimizer: Optional[torch.optim.Optimizer] = None,
+    scaler: Optional[Any] = None,
+    iteration: int = 0,
+    global_step: int = 0,
+    config: Optional[Mapping[str, Any]] = None,
+    best_metric: Optional[float] = None,
+    best_epoch: Optional[int] = None,
+    sampler_state: Optional[Mapping[str, Any]] = None,
+    rng_states: Optional[List[Mapping[str, Any]]] = None,
+    metrics: Optional[Mapping[str, Any]] = None,
+    extra: Optional[Mapping[str, Any]] = None,
+) -> str:
+    """Write a checkpoint atomically (a crash leaves the previous file intact) and return ``path``.
+
+    ``epoch`` is the number of completed epochs; ``iteration`` > 0 marks a checkpoint taken
+    inside epoch ``epoch`` after that many iterations. ``rng_states`` defaults to this
+    process's :func:`capture_rng_state` (DDP: pass the list gathered from every rank).
+    """
+    ckpt: Dict[str, Any] = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "state_dict": OrderedDict((k, v.detach().cpu()) for k, v in unwrap_model(model).state_dict().items()),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "epoch": int(epoch),
+        "iteration": int(iteration),
+        "global_step": int(global_step),
+        "sampler": dict(sampler_state) if sampler_state is not None else None,
+        "rng": list(rng_states) if rng_states is not None else [capture_rng_state()],
+        "config": _plain(config) if config is not None else None,
+        "best_metric": None if best_metric is None else float(best_metric),
+        "best_epoch": None if best_epoch is None else int(best_epoch),
+        "metrics": _plain(metrics) if metrics is not None else {},
+    }
+    if extra:
+        ckpt.update(extra)
+    return atomic_torch_save(ckpt, path)
+
+
+def _plain(value: Any) -> Any:
+    """Plain containers only (EasyDict -> dict, tuple -> list) so weights_only loading works."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    return value
+
+
+# ---- loading -----------------------------------------------------------------------------
+def is_our_checkpoint(ckpt: Mapping[str, Any]) -> bool:
+    return isinstance(ckpt, Mapping) and ckpt.get("format") == CHECKPOINT_FORMAT
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and len(obj) > 0 and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def load_checkpoint(path: str, map_location: Any = "cpu", trusted: bool = False) -> Dict[str, Any]:
+    """Read a checkpoint file and return a dict that has at least ``"state_dict"``.
+
+    Accepts our checkpoints, the authors' ``{"state_dict": ...}`` files and bare state dicts.
+    Files are read with ``weights_only=True`` (no arbitrary code on load) unless
+    ``trusted=True``. Raises :class:`CheckpointError` with the path and the reason.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path!r} does not exist")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=not trusted)
+    except pickle.UnpicklingError as exc:
+        if trusted:
+            raise CheckpointError(f"checkpoint {path!r} could not be read: {exc}") from None
+        raise CheckpointError(
+            f"checkpoint {path!r} holds objects other than tensors and plain containers, so it "
+            f"was not loaded (safe mode). If you trust the file, pass --trust-checkpoint. "
+            f"Detail: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # noqa: BLE001 - truncated zip, wrong format, ...
+        raise CheckpointError(f"checkpoint {path!r} could not be read (truncated or not a "
+                              f"PyTorch file?): {exc}") from None
+    if isinstance(obj, Mapping) and "state_dict" in obj:
+        if not _is_state_dict(obj["state_dict"]):
+            raise CheckpointError(f"checkpoint {path!r}: 'state_dict' is not a mapping of "
+                                  f"parameter names to tensors")
+        return dict(obj)
+    if isinstance(obj, Mapping) and "model" in obj and _is_state_dict(obj["model"]):
+        out = dict(obj)
+        out["state_dict"] = out.pop("model")
+        return out
+    if _is_state_dict(obj):
+        return {"state_dict": obj}
+    keys = list(obj.keys())[:MAX_NAMES_IN_MESSAGE] if isinstance(obj, Mapping) else type(obj).__name__
+    raise CheckpointError(f"checkpoint {path!r} has no 'state_dict' (found: {keys}); expected "
+                          f"our checkpoint or the authors' {{'state_dict': ...}} file")
+
+
+def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str = PARALLEL_PREFIX) -> "OrderedDict[str, torch.Tensor]":
+    """Remove ``prefix`` from the keys if every key has it (DataParallel/DDP checkpoints)."""
+    keys = list(state_dict)
+    if keys and all(k.startswith(prefix) for k in keys):
+        return OrderedDict((k[len(prefix):], v) for k, v in state_dict.items())
+    return OrderedDict(state_dict)
+
+
+def _names(keys: Iterable[str]) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(keys[:MAX_NAMES_IN_MESSAGE])
+    more = len(keys) - MAX_NAMES_IN_MESSAGE
+    return shown + (f", ... ({more} more)" if more > 0 else "")
+
+
+def load_model_state(
+    model: torch.nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    source: str = "checkpoint",
+    ignore_missing: Iterable[str] = (),
+) -> None:
+    """Load ``state_dict`` into ``model`` strictly; one CheckpointError names every bad key.
+
+    ``module.`` prefixes are removed first. ``ignore_missing`` lists model keys that may be
+    absent from the file (e.g. fixed buffers); anything else missing, unexpected, or with a
+    different shape is an error.
+    """
+    target = unwrap_model(model)
+    sd = strip_prefix(state_dict)
+    own = target.state_dict()
+    ignore = set(ignore_missing)
+    missing = [k for k in own if k not in sd and k not in ignore]
+    unexpected = [k for k in sd if k not in own]
+    wrong_shape = [f"{k} (file {tuple(sd[k].shape)}, model {tuple(own[k].shape)})"
+                   for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong_shape:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)}: {_names(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)}: {_names(unexpected)}")
+        if wrong_shape:
+            parts.append(f"wrong shape {len(wrong_shape)}: {_names(wrong_shape)}")
+        raise CheckpointError(f"{source} does not fit the model: " + "; ".join(parts)
+                              + ". Expected a VIPMT checkpoint with the reference parameter names "
+                              "(ours or the authors'), made for the same image size.")
+    to_load = OrderedDict((k, v) for k, v in sd.items())
+    result = target.load_state_dict(to_load, strict=False)
+    leftover = [k for k in result.missing_keys if k not in ignore]
+    if leftover or result.unexpected_keys:  # pragma: no cover - guarded above
+        raise CheckpointError(f"{source}: could not load {_names(leftover + list(result.unexpected_keys))}")

@@ -1,0 +1,54 @@
+"""Logging setup for the scripts: console (tqdm-safe) + optional log file.
+
+Libraries only call ``logging.getLogger(__name__)``; the scripts call :func:`setup_logging`
+once. On DDP ranks other than 0 only warnings and errors reach the console and no file is
+written.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Optional
+
+from tqdm import tqdm
+
+__all__ = ["setup_logging", "TqdmHandler"]
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+CONSOLE_FORMAT = "%(asctime)s %(message)s"
+DATE_FORMAT = "%H:%M:%S"
+
+
+class TqdmHandler(logging.StreamHandler):
+    """Writes records through ``tqdm.write`` so progress bars are not torn apart."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+            self.flush()
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
+def setup_logging(log_file: Optional[str] = None, level: int = logging.INFO, rank: int = 0) -> logging.Logger:
+    """Configure the root logger (replacing handlers set by an earlier call) and return it."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    root.setLevel(level)
+    console = TqdmHandler(sys.stderr)
+    console.setLevel(level if rank == 0 else logging.WARNING)
+    console.setFormatter(logging.Formatter(CONSOLE_FORMAT if rank == 0 else f"[rank {rank}] " + CONSOLE_FORMAT,
+                                           DATE_FORMAT))
+    root.addHandler(console)
+    if log_file and rank == 0:
+        os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
+        file_handler = logging.FileHandler(log_file, encoding="utf-8")
+        file_handler.setLevel(level)
+        file_handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        root.addHandler(file_handler)
+    for noisy in ("PIL", "matplotlib", "h5py"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return root
