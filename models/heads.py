@@ -1,0 +1,86 @@
+"""Classifier, score head and the fixed 8x upsampler (SPEC sections 3.6 and 5)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from .backbone import LEVEL_CHANNELS
+
+NUM_CLASSES = 2            # background, object
+CLASSIFIER_DROPOUT = 0.1
+SCORE_CHANNELS = 256
+SCORE_HIDDEN = 1024
+PFE_CHANNELS = 5
+OUTPUT_STRIDE = 8
+UPSAMPLE_KERNEL = 9
+
+
+def classifier(dim: int) -> nn.Sequential:
+    """conv3x3 (no bias), ReLU, Dropout2d, conv1x1 -> 2 class logits (`ini_cls` / `cls`)."""
+    return nn.Sequential(
+        nn.Conv2d(dim, dim, 3, padding=1, bias=False), nn.ReLU(inplace=True),
+        nn.Dropout2d(CLASSIFIER_DROPOUT), nn.Conv2d(dim, NUM_CLASSES, 1))
+
+
+def _strided_size(size: int, stride: int) -> int:
+    """Output size of a 3x3 conv with padding 1."""
+    return (size - 1) // stride + 1
+
+
+def score_feature_size(image_size: tuple[int, int]) -> tuple[int, int]:
+    """Spatial size that the score head flattens, for an input image size (30x53 -> 8x14 at 240x424)."""
+    size = []
+    for extent in image_size:
+        feature = extent // OUTPUT_STRIDE
+        size.append(_strided_size(_strided_size(feature, 2), 2))
+    return size[0], size[1]
+
+
+class ScoreHead(nn.Module):
+    """Predicts the IoU of each query frame's mask from all backbone levels and the PFE mask."""
+
+    def __init__(self, image_size: tuple[int, int]):
+        super().__init__()
+        c = SCORE_CHANNELS
+        multi_level = c + sum(LEVEL_CHANNELS[k] for k in ("1", "2", "3"))
+        self.donw_samp = nn.Conv2d(LEVEL_CHANNELS["0"], c, 3, stride=2, padding=1)  # (sic) reference name
+        self.fuse_conv1 = nn.Conv2d(multi_level, c, 3, padding=1)
+        self.fuse_conv2 = nn.Conv2d(c, c, 3, padding=1)
+        self.conv1 = nn.Conv2d(c + PFE_CHANNELS, c, 3, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1)
+        self.conv3 = nn.Conv2d(c, c, 3, padding=1)
+        self.conv4 = nn.Conv2d(c, c, 3, stride=2, padding=1)
+        fh, fw = score_feature_size(image_size)
+        self.fc1 = nn.Linear(c * fh * fw, SCORE_HIDDEN)
+        self.fc2 = nn.Linear(SCORE_HIDDEN, 1)
+
+    def forward(self, levels: dict[str, torch.Tensor], pfe: torch.Tensor) -> torch.Tensor:
+        """levels {'0'..'3'} [N,C_k,h_k,w_k] backbone features; pfe [N,5,h,w] -> score [N] in (0,1)."""
+        x = F.relu(self.donw_samp(levels["0"]))
+        x = torch.cat((x, levels["1"], levels["2"], levels["3"]), dim=1)
+        x = F.relu(self.fuse_conv2(F.relu(self.fuse_conv1(x))))
+        x = torch.cat((x, pfe), dim=1)
+        for conv in (self.conv1, self.conv2, self.conv3, self.conv4):
+            x = F.relu(conv(x))
+        x = F.relu(self.fc1(rearrange(x, "n c h w -> n (c h w)")))
+        return self.fc2(x).sigmoid().squeeze(1)
+
+
+class BoxUpsampler(nn.Module):
+    """Nearest 8x upsampling, then a depthwise 9x9 box filter (constant 1/81).
+
+    The reference keeps the filter as a parameter it never trains; here it is a buffer named
+    `weight`, so state dicts keep the reference key and no optimiser sees it.
+    """
+
+    def __init__(self, channels: int = NUM_CLASSES, scale: int = OUTPUT_STRIDE, kernel: int = UPSAMPLE_KERNEL):
+        super().__init__()
+        self.scale = scale
+        self.register_buffer("weight", torch.full((channels, 1, kernel, kernel), 1.0 / kernel ** 2))
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits [N,2,h,w] -> [N,2,8h,8w]."""
+        x = F.interpolate(logits, scale_factor=self.scale, mode="nearest")
+        return F.conv2d(x, self.weight.to(x.dtype), padding=self.weight.shape[-1] // 2, groups=x.shape[1])
