@@ -1,0 +1,95 @@
+"""The three-clip episode protocol shared by training and validation (SPEC section 7).
+
+An episode has 15 query frames cut into 5-frame clips. Clip 1 is segmented against the 5
+support images. Every later clip also gets *memory*: earlier query frames with their
+ground-truth masks, whose backbone features are reused instead of recomputed. Memory is all
+earlier frames when there are at most `memory_size` of them (clip 2: frames 0-4), otherwise
+`memory_size` of them drawn at random and sorted (clip 3: 5 of frames 0-9).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ClipPlan:
+    frames: list      # query frame indices of the clip
+    memory: list      # earlier query frame indices used as memory (empty for clip 1)
+
+
+def plan_episode(num_frames: int, clip_length: int = 5, memory_size: int = 5,
+                 generator: torch.Generator | None = None) -> list[ClipPlan]:
+    """Cut `num_frames` into clips and draw each clip's memory frames."""
+    plans = []
+    for start in range(0, num_frames, clip_length):
+        frames = list(range(start, min(start + clip_length, num_frames)))
+        if start <= memory_size:
+            memory = list(range(start))
+        else:
+            memory = sorted(torch.randperm(start, generator=generator)[:memory_size].tolist())
+        plans.append(ClipPlan(frames, memory))
+    return plans
+
+
+def _gather(features: list[dict], index: list) -> dict:
+    """Concatenate per-clip feature dicts along time and pick frames: -> {'k': [B,len(index),...]}."""
+    return {k: torch.cat([f[k] for f in features], dim=1)[:, index] for k in features[0]}
+
+
+def _join(a: dict, b: dict) -> dict:
+    return {k: torch.cat((a[k], b[k]), dim=1) for k in a}
+
+
+def train_episode(model: nn.Module, query_img: torch.Tensor, query_mask: torch.Tensor,
+                  support_img: torch.Tensor, support_mask: torch.Tensor, plans: list[ClipPlan],
+                  backward: Callable[[torch.Tensor], None] | None = None) -> list[dict]:
+    """Run the clips of one episode in training mode.
+
+    model: VIPMT in train mode, possibly wrapped in DistributedDataParallel (it is only called).
+    query_img [B,T,3,H,W], query_mask [B,T,1,H,W], support_img [B,S,3,H,W], support_mask [B,S,1,H,W].
+    backward: called with each clip's total loss right after its forward, so every clip's graph
+    is freed before the next (the gradients add up to those of the summed loss).
+    Returns one dict per clip with the detached loss terms ('loss', 'main_loss', ...) and 'pred'.
+    """
+    support_features, clip_features, results = None, [], []
+    for plan in plans:
+        if plan.memory:
+            support = _join(support_features, _gather(clip_features, plan.memory))
+            masks = torch.cat((support_mask, query_mask[:, plan.memory]), dim=1)
+        else:
+            support, masks = support_img, support_mask
+        out = model(query_img[:, plan.frames], query_mask[:, plan.frames], support, masks)
+        if support_features is None:
+            support_features = out["support_features"]
+        clip_features.append(out["query_features"])
+        if backward is not None:
+            backward(out["loss"])
+        results.append({k: v.detach() for k, v in out.items() if torch.is_tensor(v)})
+    return results
+
+
+@torch.no_grad()
+def predict_episode(model: nn.Module, query_img: torch.Tensor, query_mask: torch.Tensor,
+                    support_img: torch.Tensor, support_mask: torch.Tensor,
+                    plans: list[ClipPlan]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validation: the same clips in eval mode, memory from query frames with ground-truth masks.
+
+    model: an unwrapped VIPMT in eval mode. Shapes as `train_episode`.
+    Returns pred [B,T,H,W] int64 and score [B,T].
+    """
+    support_features = model.extract_features(support_img)
+    clip_features, preds, scores = [], [], []
+    for plan in plans:
+        clip_features.append(model.extract_features(query_img[:, plan.frames]))
+        support, masks = support_features, support_mask
+        if plan.memory:
+            support = _join(support_features, _gather(clip_features[:-1], plan.memory))
+            masks = torch.cat((support_mask, query_mask[:, plan.memory]), dim=1)
+        clip = model.predict_clip(clip_features[-1], support, masks, query_mask[:, plan.frames])
+        preds.append(clip.pred)
+        scores.append(clip.score)
+    return torch.cat(preds, dim=1), torch.cat(scores, dim=1)
