@@ -1,0 +1,75 @@
+"""Episode sampling rules shared by the datasets (SPEC sections 7-9).
+
+Every random choice of an episode comes from :func:`item_rng`, a generator that is a pure
+function of ``(seed, epoch, index)``; episodes are therefore identical across DataLoader
+workers, processes and resumed runs.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, TypeVar
+
+import numpy as np
+
+from .errors import DatasetError
+
+FrameT = TypeVar("FrameT")
+VideoT = TypeVar("VideoT")
+
+CLIP_LENGTH = 5
+
+
+def item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The generator of one episode: a pure function of ``(seed, epoch, index)``."""
+    for name, value in (("seed", seed), ("epoch", epoch), ("index", index)):
+        if int(value) < 0:
+            raise DatasetError(f"{name} must be >= 0 to seed an episode, got {value}")
+    return np.random.default_rng([int(seed), int(epoch), int(index)])
+
+
+def select_query_clips(frames: Sequence[FrameT], num_clips: int, rng: np.random.Generator,
+                       clip_length: int = CLIP_LENGTH) -> list[FrameT]:
+    """Training query: ``num_clips`` clips of ``clip_length`` frames from ``frames`` (in order).
+
+    SPEC section 9: clip end points are sampled (without replacement, then sorted) among every
+    ``clip_length``-th frame from position ``clip_length``; when there are fewer such positions
+    than clips, position 0 stands in for none and the last position is repeated. Each clip is
+    the ``clip_length`` frames ending at its end point, clamped to the start of the list; a
+    list shorter than ``clip_length`` is padded by repeating its last frame.
+    Returns ``num_clips * clip_length`` frames.
+    """
+    count = len(frames)
+    if count == 0:
+        raise DatasetError("cannot select query clips from a video without frames")
+    end_positions = list(range(clip_length, count, clip_length))
+    if len(end_positions) < num_clips:
+        if not end_positions:
+            end_positions.append(0)
+        end_positions += [end_positions[-1]] * (num_clips - len(end_positions))
+    chosen = sorted(end_positions[i] for i in rng.choice(len(end_positions), num_clips, replace=False))
+
+    selected: list[FrameT] = []
+    for end in chosen:
+        if count < clip_length:
+            selected += list(frames) + [frames[-1]] * (clip_length - count)
+        elif end < clip_length:
+            selected += list(frames[:clip_length])
+        else:
+            selected += list(frames[end - clip_length + 1:end + 1])
+    return selected
+
+
+def choose_videos(candidates: Sequence[VideoT], count: int, rng: np.random.Generator) -> list[VideoT]:
+    """``count`` videos drawn from ``candidates``: distinct while enough exist.
+
+    When ``candidates`` holds fewer than ``count`` videos, every candidate is used once (in
+    random order) and the remaining slots are drawn from the candidates again, uniformly with
+    replacement (each slot still draws its own frame, so repeats usually differ).
+    """
+    if not candidates:
+        raise DatasetError("no candidate videos to draw supports from")
+    if len(candidates) >= count:
+        return [candidates[i] for i in rng.choice(len(candidates), count, replace=False)]
+    order = [candidates[i] for i in rng.permutation(len(candidates))]
+    extra = [candidates[i] for i in rng.integers(0, len(candidates), count - len(candidates))]
+    return order + extra

@@ -1,0 +1,188 @@
+"""Episode transforms of SPEC section 9: training augmentation, letterbox resize, normalisation.
+
+Both transforms take one *list* of frames (the query frames of an episode, or its support
+frames) and return stacked tensors:
+
+* frames: list of ``uint8`` RGB arrays ``[h, w, 3]`` (sizes may differ between frames),
+* masks:  list of ``uint8`` 0/1 arrays ``[h, w]`` of the matching frame's size,
+* returns ``images`` float32 ``[T, 3, H, W]`` (ImageNet-normalised) and ``masks`` float32
+  ``[T, 1, H, W]`` holding 0/1.
+
+Faithful quirks kept on purpose (they define the masks training and evaluation see):
+
+* masks are letterboxed with **bilinear** interpolation and then truncated to ``uint8``, so a
+  pixel is object only where the resized value is exactly 1.0 (masks lose a thin rim);
+* training: if the first frame is portrait (``h >= w``) every frame is transposed; every frame
+  *except the first* gets one shared random crop + affine; one contrast factor and one additive
+  noise value for the whole list; the whole list is flipped with probability 0.5.
+
+Documented difference from the authors' code: the letterbox geometry is computed for each frame
+from its own size (the authors used the first frame's size for every frame of the list, which
+stretches support frames of another aspect ratio). For frames of one size this is identical.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import cv2
+import imgaug.augmenters as iaa
+import numpy as np
+import torch
+from einops import rearrange
+from imgaug.augmentables.segmaps import SegmentationMapsOnImage
+
+from .errors import DatasetError
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+PIXEL_MAX = 255.0
+
+CROP_PERCENT = (0.0, 0.1)
+AFFINE_SCALE = (0.95, 1.05)
+AFFINE_SHEAR_DEG = (-10.0, 10.0)
+AFFINE_ROTATE_DEG = (-15.0, 15.0)
+CONTRAST_RANGE = (0.97, 1.03)
+NOISE_DELTA = 5.0
+FLIP_PROBABILITY = 0.5
+IMGAUG_SEED_BOUND = 2**31 - 1
+
+SIZE_MULTIPLE = 8
+MIN_IMAGE_SIDE = 64
+
+
+def check_image_size(image_size: Sequence[int]) -> tuple[int, int]:
+    """Validate an output size ``(H, W)``: both divisible by 8 and at least 64."""
+    try:
+        height, width = (int(v) for v in image_size)
+    except (TypeError, ValueError):
+        raise DatasetError(f"image_size must be two integers (H, W), got {image_size!r}") from None
+    for name, value in (("height", height), ("width", width)):
+        if value < MIN_IMAGE_SIDE or value % SIZE_MULTIPLE != 0:
+            raise DatasetError(
+                f"image_size {height}x{width}: {name} {value} must be a multiple of "
+                f"{SIZE_MULTIPLE} and at least {MIN_IMAGE_SIDE}")
+    return height, width
+
+
+def letterbox_geometry(height: int, width: int, out_height: int, out_width: int):
+    """Size and offset of a ``height x width`` frame letterboxed into ``out_height x out_width``.
+
+    Returns ``(new_height, new_width, top, left)`` with ``f = min(out_h/h, out_w/w)``,
+    ``new = int(f * side)`` and the offset centring it on the canvas.
+    """
+    factor = min(out_height / height, out_width / width)
+    new_height, new_width = int(factor * height), int(factor * width)
+    return new_height, new_width, (out_height - new_height) // 2, (out_width - new_width) // 2
+
+
+def letterbox_image(image: np.ndarray, out_size: tuple[int, int]) -> np.ndarray:
+    """Bilinear letterbox of a float image ``[h, w, 3]`` onto a zero canvas ``[H, W, 3]``."""
+    out_height, out_width = out_size
+    new_height, new_width, top, left = letterbox_geometry(*image.shape[:2], out_height, out_width)
+    canvas = np.zeros((out_height, out_width, 3), dtype=np.float32)
+    canvas[top:top + new_height, left:left + new_width] = cv2.resize(
+        image.astype(np.float32, copy=False), (new_width, new_height), interpolation=cv2.INTER_LINEAR)
+    return canvas
+
+
+def letterbox_mask(mask: np.ndarray, out_size: tuple[int, int]) -> np.ndarray:
+    """Letterbox a 0/1 mask ``[h, w]`` to ``uint8 [H, W]``: bilinear, then truncated.
+
+    Only pixels whose resized value is exactly 1.0 stay object (SPEC section 9).
+    """
+    out_height, out_width = out_size
+    new_height, new_width, top, left = letterbox_geometry(*mask.shape[:2], out_height, out_width)
+    canvas = np.zeros((out_height, out_width), dtype=np.float32)
+    canvas[top:top + new_height, left:left + new_width] = cv2.resize(
+        mask.astype(np.float32), (new_width, new_height), interpolation=cv2.INTER_LINEAR)
+    return canvas.astype(np.uint8)
+
+
+def normalise(image: np.ndarray) -> np.ndarray:
+    """``(x / 255 - mean) / std`` with the ImageNet mean and std, on ``[..., 3]`` float arrays."""
+    return ((image / PIXEL_MAX - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32)
+
+
+def _check_lists(frames: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> None:
+    if len(frames) == 0 or len(frames) != len(masks):
+        raise DatasetError(f"transform needs as many masks as frames (>= 1), got "
+                           f"{len(frames)} frames and {len(masks)} masks")
+    for index, (frame, mask) in enumerate(zip(frames, masks)):
+        if frame.ndim != 3 or frame.shape[2] != 3 or mask.shape[:2] != frame.shape[:2]:
+            raise DatasetError(f"frame {index}: expected an RGB frame [h, w, 3] and a mask [h, w] of "
+                               f"the same size, got {frame.shape} and {mask.shape}")
+
+
+def _finish(images: list[np.ndarray], masks: list[np.ndarray], out_size: tuple[int, int]):
+    """Letterbox + normalise + stack: float images, masks in -> ([T,3,H,W], [T,1,H,W])."""
+    image_stack = np.stack([normalise(letterbox_image(img, out_size)) for img in images])
+    mask_stack = np.stack([letterbox_mask(m, out_size) for m in masks])
+    image_tensor = torch.from_numpy(rearrange(image_stack, "t h w c -> t c h w").copy())
+    mask_tensor = torch.from_numpy(rearrange(mask_stack, "t h w -> t 1 h w").copy()).float()
+    return image_tensor, mask_tensor
+
+
+class TestTransform:
+    """Letterbox + normalise only (no transpose, no randomness)."""
+
+    __test__ = False  # not a pytest test class despite its name
+
+    def __init__(self, image_size: Sequence[int] = (240, 424)):
+        self.image_size = check_image_size(image_size)
+
+    def __call__(self, frames: Sequence[np.ndarray], masks: Sequence[np.ndarray],
+                 rng: np.random.Generator | None = None):
+        """frames ``uint8 [h,w,3]`` + masks ``[h,w]`` -> ``([T,3,H,W], [T,1,H,W])``; ``rng`` unused."""
+        _check_lists(frames, masks)
+        images = [np.asarray(f, dtype=np.float32) for f in frames]
+        return _finish(images, [np.asarray(m) for m in masks], self.image_size)
+
+
+class TrainTransform:
+    """The training augmentation of SPEC section 9; every random draw comes from ``rng``.
+
+    Order: transpose (if the first frame is portrait), shared crop + affine on frames 1..T-1
+    (imgaug, masks as segmentation maps), float, contrast, additive noise, horizontal flip,
+    letterbox, normalise.
+    """
+
+    def __init__(self, image_size: Sequence[int] = (240, 424)):
+        self.image_size = check_image_size(image_size)
+
+    @staticmethod
+    def _geometric_augmenter(seed: int) -> iaa.Augmenter:
+        sequence = iaa.Sequential([
+            iaa.Crop(percent=CROP_PERCENT, keep_size=True),
+            iaa.Affine(scale=AFFINE_SCALE, shear=AFFINE_SHEAR_DEG, rotate=AFFINE_ROTATE_DEG),
+        ])
+        sequence.seed_(seed)  # re-seeds the children too (their default state is global)
+        return sequence.to_deterministic()
+
+    def __call__(self, frames: Sequence[np.ndarray], masks: Sequence[np.ndarray],
+                 rng: np.random.Generator):
+        """frames ``uint8 [h,w,3]`` + masks ``[h,w]`` -> ``([T,3,H,W], [T,1,H,W])``."""
+        _check_lists(frames, masks)
+        images = [np.ascontiguousarray(f, dtype=np.uint8) for f in frames]
+        labels = [np.ascontiguousarray(m, dtype=np.uint8)[:, :, None] for m in masks]
+
+        first_height, first_width = images[0].shape[:2]
+        if first_height >= first_width:
+            images = [np.ascontiguousarray(img.transpose(1, 0, 2)) for img in images]
+            labels = [np.ascontiguousarray(lab.transpose(1, 0, 2)) for lab in labels]
+
+        augmenter = self._geometric_augmenter(int(rng.integers(IMGAUG_SEED_BOUND)))
+        for index in range(1, len(images)):
+            segmap = SegmentationMapsOnImage(labels[index], shape=images[index].shape)
+            images[index], segmap = augmenter(image=images[index], segmentation_maps=segmap)
+            labels[index] = segmap.get_arr()
+
+        float_images = [img.astype(np.float32) for img in images]
+        float_masks = [lab[:, :, 0].astype(np.float32) for lab in labels]
+        contrast = rng.uniform(*CONTRAST_RANGE)
+        noise = rng.uniform(-NOISE_DELTA, NOISE_DELTA)
+        float_images = [img * contrast + noise for img in float_images]
+        if rng.random() < FLIP_PROBABILITY:
+            float_images = [img[:, ::-1] for img in float_images]
+            float_masks = [m[:, ::-1] for m in float_masks]
+        return _finish(float_images, float_masks, self.image_size)
