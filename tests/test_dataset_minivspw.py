@@ -1,0 +1,179 @@
+"""MiniVSPW: list generation from a VSPW tree, the loader, its index cache, bad input."""
+
+import filecmp
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dataset import DatasetError, MiniVSPWDataset, build_dataset, write_synthetic_vspw
+from dataset.minivspw import cache_file
+from dataset.minivspw_lists import generate_lists, main as lists_main
+
+FRAME_SIZE = (64, 112)
+# SPEC section 9 (TTI split), VSPW ids
+TEST_IDS = [{57, 52, 55, 85, 111}, {50, 49, 62, 91, 51}, {63, 64, 53, 61, 90}, {109, 93, 124, 115, 65}]
+VAL_IDS = {113, 41, 45, 46, 47}
+
+
+@pytest.fixture(scope="module")
+def vspw_root(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("vspw") / "VSPW_480p")
+    return write_synthetic_vspw(root, seed=4, val_videos_per_class=6, train_videos_per_class=2,
+                                frames_per_video=4, frame_size=FRAME_SIZE)
+
+
+def lists_dir(root):
+    return os.path.join(root, "lists", "nminivspw_pascal")
+
+
+def read_lines(path):
+    with open(path) as handle:
+        return [line.split() for line in handle if line.strip()]
+
+
+def labels(root, video, stem):
+    return np.asarray(Image.open(os.path.join(root, "data", video, "mask", stem + ".png")))
+
+
+def test_class_files_hold_the_tti_folds(vspw_root):
+    all_ids = set().union(*TEST_IDS)
+    for fold in range(4):
+        classes = {}
+        for split in ("train", "val", "test"):
+            with open(os.path.join(lists_dir(vspw_root), f"class_{split}_{fold}.json")) as handle:
+                classes[split] = {int(k) for k in json.load(handle)}
+        assert classes["test"] == TEST_IDS[fold]
+        assert classes["train"] == all_ids - TEST_IDS[fold] and len(classes["train"]) == 15
+        assert classes["val"] == VAL_IDS
+
+
+def test_list_lines_follow_the_rule(vspw_root):
+    with open(os.path.join(vspw_root, "train.txt")) as handle:
+        train_videos = {line.strip() for line in handle}
+    with open(os.path.join(vspw_root, "val.txt")) as handle:
+        val_videos = {line.strip() for line in handle}
+    fold = 1
+    for split, videos in (("train", train_videos), ("val", val_videos), ("test", val_videos)):
+        with open(os.path.join(lists_dir(vspw_root), f"class_{split}_{fold}.json")) as handle:
+            ids = [int(k) for k in json.load(handle)]
+        lines = read_lines(os.path.join(lists_dir(vspw_root), f"{split}_{fold}.txt"))
+        assert lines
+        listed = set()
+        for video, mask_path in lines:
+            assert video in videos and mask_path.startswith(f"{video}/mask/") and mask_path.endswith(".png")
+            stem = os.path.basename(mask_path)[:-4]
+            counts = np.bincount(labels(vspw_root, video, stem).ravel(), minlength=256)
+            assert max(counts[c] for c in ids) > 100
+            listed.add((video, stem))
+        # and no frame with a split class over 100 pixels is missing
+        for video in sorted(videos)[:10]:
+            for name in os.listdir(os.path.join(vspw_root, "data", video, "mask")):
+                counts = np.bincount(labels(vspw_root, video, name[:-4]).ravel(), minlength=256)
+                assert (max(counts[c] for c in ids) > 100) == ((video, name[:-4]) in listed)
+
+
+def test_generation_is_deterministic(vspw_root, tmp_path):
+    out = str(tmp_path / "again")
+    assert lists_main(["--vspw-root", vspw_root, "--out", out, "--workers", "2"]) == 0
+    names = sorted(os.listdir(out))
+    assert len([n for n in names if n.endswith(".txt")]) == 12
+    assert len([n for n in names if n.endswith(".json") and n.startswith("class_")]) == 12
+    match, mismatch, errors = filecmp.cmpfiles(out, lists_dir(vspw_root), names, shallow=False)
+    assert not mismatch and not errors and sorted(match) == names
+
+
+def test_episodes_and_masks(vspw_root):
+    for split in ("train", "val"):
+        dataset = build_dataset("minivspw", root=vspw_root, split=split, group=1, image_size=FRAME_SIZE,
+                                episodes_per_class=2)
+        item = dataset[1]
+        assert item["query_img"].shape == (15, 3, *FRAME_SIZE)
+        assert item["support_mask"].shape == (5, 1, *FRAME_SIZE)
+        assert (item["support_mask"].flatten(1).sum(1) > 0).all()
+    dataset = MiniVSPWDataset(vspw_root, split="test", group=3, image_size=FRAME_SIZE)
+    assert set(dataset.classes) == TEST_IDS[2]
+    class_id, video = dataset.test_item(0)
+    item = dataset[0]
+    stems = sorted(n[:-4] for n in os.listdir(os.path.join(vspw_root, "data", video, "origin")))
+    assert item["frame_names"] == stems                      # the whole video is the query
+    for t, stem in enumerate(stems):                         # same size: letterbox = identity
+        expected = (labels(vspw_root, video, stem) == class_id).astype(np.float32)
+        np.testing.assert_array_equal(item["query_mask"][t, 0].numpy(), expected)
+    assert video not in item["support_videos"]
+    support_frames = [dataset.support_frames_of(v, class_id) for v in item["support_videos"]]
+    assert all(support_frames)
+
+
+def test_same_seed_same_episode(vspw_root):
+    a = MiniVSPWDataset(vspw_root, split="train", group=2, image_size=FRAME_SIZE, seed=3)
+    b = MiniVSPWDataset(vspw_root, split="train", group=2, image_size=FRAME_SIZE, seed=3)
+    assert torch.equal(a[17]["query_img"], b[17]["query_img"])
+    assert torch.equal(a[17]["support_mask"], b[17]["support_mask"])
+
+
+def test_index_cache_is_used_and_invalidated(vspw_root, tmp_path):
+    root = str(tmp_path / "copy")
+    shutil.copytree(vspw_root, root)
+    cache = cache_file(lists_dir(root), "test", 0)
+    with open(cache) as handle:
+        written_by_generator = json.load(handle)
+    os.remove(cache)
+    dataset = MiniVSPWDataset(root, split="test", group=1, image_size=FRAME_SIZE, show_progress=False)
+    with open(cache) as handle:
+        rebuilt = json.load(handle)
+    assert rebuilt == written_by_generator                 # loader and generator agree
+    assert not [n for n in os.listdir(lists_dir(root)) if n.endswith(".tmp")]
+    # a changed list invalidates the cache: keep only the first video's lines
+    list_path = os.path.join(lists_dir(root), "test_0.txt")
+    lines = read_lines(list_path)
+    keep = [line for line in lines if line[0] == lines[0][0]]
+    with open(list_path, "w") as handle:
+        handle.writelines(f"{a} {b}\n" for a, b in keep)
+    smaller = MiniVSPWDataset(root, split="test", group=1, image_size=FRAME_SIZE, show_progress=False)
+    assert len(smaller) < len(dataset)
+    assert all(smaller.videos_of_class(c) == [lines[0][0]] for c in smaller.classes)
+
+
+def test_missing_lists_say_how_to_generate_them(tmp_path, vspw_root):
+    root = str(tmp_path / "nolists")
+    shutil.copytree(vspw_root, root, ignore=shutil.ignore_patterns("lists"))
+    with pytest.raises(DatasetError) as err:
+        MiniVSPWDataset(root, split="train", group=1)
+    assert "python -m dataset.minivspw_lists" in str(err.value)
+    assert os.path.join(root, "lists", "nminivspw_pascal", "train_0.txt") in str(err.value)
+    with pytest.raises(DatasetError, match="VSPW dataset directory not found"):
+        MiniVSPWDataset(str(tmp_path / "absent"))
+
+
+def test_generator_bad_input(tmp_path, vspw_root):
+    root = str(tmp_path / "copy")
+    shutil.copytree(vspw_root, root, ignore=shutil.ignore_patterns("lists"))
+    label_file = os.path.join(root, "label_num_dic_final.json")
+    with open(label_file) as handle:
+        names = json.load(handle)
+    del names["airplane"]
+    with open(label_file, "w") as handle:
+        json.dump(names, handle)
+    with pytest.raises(DatasetError, match="airplane"):
+        generate_lists(root, show_progress=False)
+    os.remove(label_file)
+    with pytest.raises(DatasetError, match="label file not found"):
+        generate_lists(root, show_progress=False)
+    assert lists_main(["--vspw-root", str(tmp_path / "absent")]) == 2
+
+
+def test_missing_mask_file_names_video_and_frame(tmp_path, vspw_root):
+    root = str(tmp_path / "copy")
+    shutil.copytree(vspw_root, root)
+    dataset = MiniVSPWDataset(root, split="test", group=1, image_size=FRAME_SIZE)
+    class_id, video = dataset.test_item(0)
+    stem = dataset.query_frames_of(video, class_id)[-1]
+    os.remove(os.path.join(root, "data", video, "mask", stem + ".png"))
+    with pytest.raises(DatasetError) as err:
+        dataset[0]
+    assert video in str(err.value) and stem in str(err.value)

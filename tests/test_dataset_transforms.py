@@ -1,0 +1,137 @@
+"""Letterbox, normalisation and the training augmentation (SPEC section 9)."""
+
+import numpy as np
+import pytest
+import torch
+
+from dataset import DatasetError
+from dataset.transforms import (IMAGENET_MEAN, IMAGENET_STD, TestTransform, TrainTransform,
+                                letterbox_geometry, letterbox_mask)
+
+OUT = (64, 112)
+
+
+def unnormalise(images: torch.Tensor) -> np.ndarray:
+    """[T,3,H,W] normalised -> [T,H,W,3] in 0..255 (float)."""
+    x = images.permute(0, 2, 3, 1).numpy()
+    return (x * IMAGENET_STD + IMAGENET_MEAN) * 255.0
+
+
+def white_object_frames(count, height, width, rng):
+    """Frames whose image is white exactly where the mask is 1 (black elsewhere)."""
+    frames, masks = [], []
+    for _ in range(count):
+        mask = np.zeros((height, width), np.uint8)
+        y, x = rng.integers(5, height // 2), rng.integers(5, width // 2)
+        mask[y:y + height // 3, x:x + width // 3] = 1
+        frames.append(np.repeat(mask[:, :, None] * 255, 3, axis=2).astype(np.uint8))
+        masks.append(mask)
+    return frames, masks
+
+
+def test_letterbox_geometry_by_hand():
+    # f = min(240/100, 424/200) = 2.12 -> 212 x 424, offset ((240-212)//2, 0)
+    assert letterbox_geometry(100, 200, 240, 424) == (212, 424, 14, 0)
+    # f = min(240/720, 424/1280) = 0.33125 -> 238 x 424, offset (1, 0)
+    assert letterbox_geometry(720, 1280, 240, 424) == (238, 424, 1, 0)
+    # portrait 200 x 100: f = min(1.2, 4.24) = 1.2 -> 240 x 120, offset (0, 152)
+    assert letterbox_geometry(200, 100, 240, 424) == (240, 120, 0, 152)
+
+
+def test_letterbox_mask_loses_a_rim_by_truncation():
+    mask = np.zeros((20, 40), np.uint8)
+    mask[5:15, 10:30] = 1
+    out = letterbox_mask(mask, (40, 80))          # scale 2, no padding
+    nearest = np.kron(mask, np.ones((2, 2), np.uint8))
+    assert out.dtype == np.uint8 and set(np.unique(out)) <= {0, 1}
+    assert np.all(out <= nearest)                 # never grows
+    assert out.sum() < nearest.sum()              # the bilinear rim is truncated away
+    assert out[12:28, 22:58].all()                # the inside stays object
+    full = letterbox_mask(np.ones((10, 40), np.uint8), (40, 80))   # 20 x 80 band, offset 10
+    assert full[10:30].all() and full[:10].sum() == 0 and full[30:].sum() == 0
+
+
+def test_test_transform_values_and_shapes():
+    frame = np.full((50, 100, 3), 124, np.uint8)
+    mask = np.zeros((50, 100), np.uint8)
+    mask[10:40, 20:80] = 1
+    images, masks = TestTransform(OUT)([frame, frame], [mask, mask])
+    assert images.shape == (2, 3, *OUT) and images.dtype == torch.float32
+    assert masks.shape == (2, 1, *OUT) and masks.dtype == torch.float32
+    # 50x100 into 64x112: f = min(1.28, 1.12) = 1.12 -> 56 x 112, offset (4, 0)
+    expected_inside = (124 / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    np.testing.assert_allclose(images[0, :, 30, 50].numpy(), expected_inside, rtol=1e-5)
+    np.testing.assert_allclose(images[0, :, 0, 50].numpy(), -IMAGENET_MEAN / IMAGENET_STD, rtol=1e-5)
+    assert masks[:, :, :4].sum() == 0 and masks[:, :, 60:].sum() == 0
+    assert set(masks.unique().tolist()) == {0.0, 1.0}
+
+
+def test_train_transform_keeps_images_and_masks_aligned():
+    rng = np.random.default_rng(0)
+    transform = TrainTransform(OUT)
+    for trial in range(6):
+        frames, masks = white_object_frames(5, 72, 128, rng)
+        images, out_masks = transform(frames, masks, np.random.default_rng(trial))
+        assert images.shape == (5, 3, *OUT) and out_masks.shape == (5, 1, *OUT)
+        brightness = unnormalise(images).mean(axis=3)
+        for t in range(5):
+            white = brightness[t] > 127
+            mask = out_masks[t, 0].numpy() > 0.5
+            intersection = np.logical_and(white, mask).sum()
+            union = np.logical_or(white, mask).sum()
+            assert mask.sum() > 0 and intersection / union > 0.85, (trial, t, intersection / union)
+
+
+def test_train_transform_first_frame_is_not_warped():
+    frames, masks = white_object_frames(1, 72, 128, np.random.default_rng(1))
+    frames, masks = frames * 4, masks * 4
+    plain_mask = TestTransform(OUT)(frames[:1], masks[:1])[1][0, 0]
+    warped_any = False
+    for seed in range(4):
+        _, out = TrainTransform(OUT)(frames, masks, np.random.default_rng(seed))
+        first = out[0, 0]
+        assert torch.equal(first, plain_mask) or torch.equal(first, plain_mask.flip(-1))
+        warped_any |= not (torch.equal(out[1, 0], first))
+    assert warped_any
+
+
+def test_train_transform_transposes_portrait_lists():
+    # portrait 128 x 72 frame, object in the bottom-left corner: after the transpose it lies in
+    # the top rows (a horizontal flip cannot move it between top and bottom)
+    mask = np.zeros((128, 72), np.uint8)
+    mask[96:120, 4:30] = 1
+    frame = np.repeat(mask[:, :, None] * 255, 3, axis=2).astype(np.uint8)
+    for seed in range(3):
+        _, out = TrainTransform(OUT)([frame], [mask], np.random.default_rng(seed))
+        rows = np.flatnonzero(out[0, 0].numpy().any(axis=1))
+        assert rows.max() < OUT[0] // 2
+    _, plain = TestTransform(OUT)([frame], [mask])
+    rows = np.flatnonzero(plain[0, 0].numpy().any(axis=1))
+    assert rows.min() > OUT[0] // 2
+
+
+def test_train_transform_is_a_function_of_its_generator():
+    frames, masks = white_object_frames(4, 72, 128, np.random.default_rng(2))
+    a = TrainTransform(OUT)(frames, masks, np.random.default_rng(5))
+    b = TrainTransform(OUT)(frames, masks, np.random.default_rng(5))
+    c = TrainTransform(OUT)(frames, masks, np.random.default_rng(6))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], c[0])
+
+
+def test_contrast_and_noise_are_shared_by_the_list():
+    # a uniform grey list, no object: after undoing the normalisation every pixel of every
+    # frame inside the frame area has the same value 124 * contrast + noise
+    frame = np.full((64, 112, 3), 124, np.uint8)
+    mask = np.zeros((64, 112), np.uint8)
+    images, _ = TrainTransform(OUT)([frame] * 3, [mask] * 3, np.random.default_rng(9))
+    values = unnormalise(images)[:, 20:44, 40:72]
+    assert np.ptp(values) < 1e-3
+    assert 124 * 0.97 - 5 - 1e-3 <= values.mean() <= 124 * 1.03 + 5 + 1e-3
+
+
+def test_transform_rejects_mismatched_inputs():
+    with pytest.raises(DatasetError, match="same size"):
+        TestTransform(OUT)([np.zeros((10, 20, 3), np.uint8)], [np.zeros((10, 21), np.uint8)])
+    with pytest.raises(DatasetError, match="multiple of 8"):
+        TestTransform((63, 112))
