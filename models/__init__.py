@@ -1,5 +1,6 @@
 """VIPMT model package: `from models import VIPMT`."""
 from .errors import ModelError
-from .vipmt import DEFAULT_BACKBONE_WEIGHTS, VIPMT, ClipPrediction
+from .engine import VideoPrediction, VideoSegmenter, segment_video_recompute
+from .vipmt import DEFAULT_BACKBONE_WEIGHTS, VIPMT, ClipPrediction, SupportEncoding
 
-__all__ = ["VIPMT", "ModelError", "ClipPrediction", "DEFAULT_BACKBONE_WEIGHTS"]
+__all__ = ["VideoSegmenter", "VideoPrediction", "segment_video_recompute", "VIPMT", "ModelError", "ClipPrediction", "SupportEncoding", "DEFAULT_BACKBONE_WEIGHTS"]

@@ -58,16 +58,19 @@ class PrototypeCrossAttention(nn.Module):
     def forward(self, prototype: torch.Tensor, token_sets: list[torch.Tensor],
                 masks: list[torch.Tensor]) -> list[torch.Tensor]:
         """prototype [N,P,C]; token_sets[k] [N,L_k,C] with masks[k] [N,L_k] bool -> one [N,P,C] per set."""
-        query = self.q_fc(prototype)
-        logits = [(query @ self.k_fc(tokens).transpose(1, 2)) * self.scale
-                  + (~mask).float().unsqueeze(1) * MASK_PENALTY
+        # With few prototypes and many tokens, apply the key/value projections on the prototype
+        # side: q.(Wk x) == (q Wk).x and a @ (x Wv^T) == (a @ x) Wv^T, so the (L x C x C)
+        # projections of the tokens are never formed.
+        query = self.q_fc(prototype) @ self.k_fc.weight                           # [N,P,C]
+        logits = [(query @ tokens.transpose(1, 2)) * self.scale
+                  + (~mask).to(query.dtype).unsqueeze(1) * MASK_PENALTY
                   for tokens, mask in zip(token_sets, masks)]
         weights = self.attn_drop(torch.cat(logits, dim=2).softmax(dim=2))
         outputs, start = [], 0
         for tokens in token_sets:
             part = weights[:, :, start:start + tokens.shape[1]]
             start += tokens.shape[1]
-            outputs.append(self.proj_drop(self.proj(part @ self.v_fc(tokens))))
+            outputs.append(self.proj_drop(self.proj(self.v_fc(part @ tokens))))
         return outputs
 
 
@@ -114,6 +117,19 @@ def sine_position_encoding(ignore: torch.Tensor, channels: int) -> torch.Tensor:
         return torch.stack((phase[..., 0::2].sin(), phase[..., 1::2].cos()), dim=4).flatten(3)
 
     return rearrange(torch.cat((encode(y), encode(x)), dim=3), "n h w c -> n c h w")
+
+
+def conv1x1_with_constant(block: nn.Sequential, x: torch.Tensor, constant: torch.Tensor) -> torch.Tensor:
+    """`block(cat(x, constant broadcast over positions))` for a no-bias 1x1 conv + ReLU block,
+    without materialising the broadcast: the constant's part of the conv is a per-sample bias.
+
+    x [N,C1,h,w], constant [N,C2] -> [N,out,h,w].
+    """
+    conv, activation = block
+    weight = conv.weight[:, :, 0, 0]
+    channels = x.shape[1]
+    bias = constant @ weight[:, channels:].T                                       # [N,out]
+    return activation(F.conv2d(x, conv.weight[:, :channels]) + bias[:, :, None, None])
 
 
 def conv_relu(in_ch: int, out_ch: int, kernel: int) -> nn.Sequential:
@@ -199,9 +215,7 @@ class VIPMTTransformer(nn.Module):
 
     def _update_query(self, layer: int, query_map, frame_embedding, position, size):
         """query_map [N,C,h,w], frame_embedding [N,1,C], position [N,hw,C] -> tokens [N,hw,C]."""
-        h, w = size
-        broadcast = repeat(frame_embedding, "n 1 c -> n c h w", h=h, w=w)
-        x = self.update_q[layer](torch.cat((query_map, broadcast), dim=1))
+        x = conv1x1_with_constant(self.update_q[layer], query_map, frame_embedding[:, 0])
         x = x + self.res_q[layer](x)
         tokens = rearrange(x, "n c h w -> n (h w) c")
         tokens = tokens + self.self_attn_drop(self.qry_self_layers[layer](tokens + position, size))

@@ -8,7 +8,7 @@ inference engine (`models.engine`) compose.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -45,6 +45,23 @@ class ClipPrediction:
     query_logits: list              # transformer query maps, 10 x [B,Tq,h,w]
     support_logits: list            # transformer support maps, 5 x [B,Ts,h,w]
     cross_video_logits: torch.Tensor  # [B, 5*(B-1), Tq, h, w]
+
+
+@dataclass
+class SupportEncoding:
+    """Per-frame support information (B samples, Ts frames); concatenable along frames."""
+    object: torch.Tensor        # 0/1 object mask at feature size [B,Ts,1,h,w]
+    prototypes: torch.Tensor    # masked-average-pooled frame prototypes [B,Ts,C,1,1]
+    features: torch.Tensor      # merged support features [B,Ts,C,h,w] (transformer tokens)
+    tokens: torch.Tensor        # channel-pooled layer4 tokens [B,Ts,hw,c] (prior, PFE mask)
+
+    @staticmethod
+    def cat(parts: list["SupportEncoding"]) -> "SupportEncoding":
+        return SupportEncoding(*(torch.cat([getattr(p, f.name) for p in parts], dim=1) for f in fields(SupportEncoding)))
+
+    def select(self, index: list) -> "SupportEncoding":
+        """Pick frames along Ts."""
+        return SupportEncoding(*(getattr(self, f.name)[:, index] for f in fields(SupportEncoding)))
 
 
 def _is_features(x) -> bool:
@@ -113,14 +130,13 @@ class VIPMT(nn.Module):
         return rearrange(tokens, "(b t) n c -> b t n c", b=batch)
 
     @staticmethod
-    def support_prototypes(support: torch.Tensor, support_object: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Masked average pooling. support [B,Ts,C,h,w], support_object [B,Ts,1,h,w]
-        -> (global prototype [B,C,1,1] = mean over all frames, frame prototypes [B,Ts,C,1,1])."""
+    def frame_prototypes(support: torch.Tensor, support_object: torch.Tensor) -> torch.Tensor:
+        """Masked average pooling of each frame. support [B,Ts,C,h,w], support_object [B,Ts,1,h,w]
+        -> [B,Ts,C,1,1]. Their mean over all frames (memory included) is the global prototype."""
         batch = support.shape[0]
-        frame = masked_average_pool(rearrange(support, "b s c h w -> (b s) c h w"),
-                                    rearrange(support_object, "b s 1 h w -> (b s) 1 h w"))
-        frame = rearrange(frame, "(b s) c 1 1 -> b s c 1 1", b=batch)
-        return frame.mean(dim=1), frame
+        pooled = masked_average_pool(rearrange(support, "b s c h w -> (b s) c h w"),
+                                     rearrange(support_object, "b s 1 h w -> (b s) 1 h w"))
+        return rearrange(pooled, "(b s) c 1 1 -> b s c 1 1", b=batch)
 
     def merge_query(self, query: torch.Tensor, global_prototype: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
         """query [B,Tq,C,h,w], global_prototype [B,C,1,1], prior [B,Tq,1,h,w] -> [B,Tq,C,h,w]."""
@@ -173,42 +189,54 @@ class VIPMT(nn.Module):
         return rearrange(self.score_head(levels, pfe.to(levels["3"].dtype)), "(b t) -> b t", b=batch)
 
     # ------------------------------------------------------------------ composition
-    def predict_clip(self, query_features: Features, support_features: Features, support_mask: torch.Tensor,
+    def encode_support(self, support_features: Features, support_mask: torch.Tensor) -> "SupportEncoding":
+        """Everything the model derives from each support (or memory) frame on its own.
+
+        support_features [B,Ts,...] backbone features, support_mask [B,Ts,1,H,W] 0/1. The result
+        is per frame, so encodings of different frames can be concatenated (`SupportEncoding.cat`):
+        the video engine encodes supports once and each memory frame once.
+        """
+        size = tuple(support_features["3"].shape[-2:])
+        support_object = object_mask(support_mask, size)                           # [B,Ts,1,h,w]
+        reduced = self.reduce_features(support_features, self.adjust_feature_supp)
+        frame_prototypes = self.frame_prototypes(reduced, support_object)
+        return SupportEncoding(object=support_object, prototypes=frame_prototypes,
+                               features=self.merge_support(reduced, frame_prototypes),
+                               tokens=self.pooled_tokens(support_features))
+
+    def predict_clip(self, query_features: Features, support: "SupportEncoding | Features",
+                     support_mask: torch.Tensor | None = None,
                      query_mask: torch.Tensor | None = None) -> ClipPrediction:
         """One query clip against its supports (and memory frames), from backbone features.
 
-        query_features [B,Tq,...], support_features [B,Ts,...] (see `extract_features`);
-        support_mask [B,Ts,1,H,W] 0/1; query_mask [B,Tq,1,H,W] or None (only its 255 "ignore"
-        pixels are read here, for the positional encoding).
+        query_features [B,Tq,...] (see `extract_features`); support: backbone features
+        [B,Ts,...] together with support_mask [B,Ts,1,H,W], or an already computed
+        `SupportEncoding`; query_mask [B,Tq,1,H,W] or None (only its 255 "ignore" pixels are
+        read here, for the positional encoding).
         """
+        if not isinstance(support, SupportEncoding):
+            support = self.encode_support(support, support_mask)
         batch, frames, _, h, w = query_features["3"].shape
         size = (h, w)
-        support_object = object_mask(support_mask, size)                           # [B,Ts,1,h,w]
-
         query = self.reduce_features(query_features, self.adjust_feature_qry)
-        support = self.reduce_features(support_features, self.adjust_feature_supp)
-        global_prototype, frame_prototypes = self.support_prototypes(support, support_object)
-
         query_tokens = self.pooled_tokens(query_features)
-        support_tokens = self.pooled_tokens(support_features)
-        prior = prior_map(query_tokens, support_tokens, rearrange(support_object, "b s 1 h w -> b s (h w)"))
+        prior = prior_map(query_tokens, support.tokens, rearrange(support.object, "b s 1 h w -> b s (h w)"))
         prior = rearrange(prior, "b t (h w) -> b t 1 h w", h=h).to(query.dtype)
 
-        merged_query = self.merge_query(query, global_prototype, prior)
+        merged_query = self.merge_query(query, support.prototypes.mean(dim=1), prior)
         init_logits = self.initial_logits(merged_query)
         init_mask = init_logits.argmax(dim=2)                                       # [B,Tq,h,w] int64
-        merged_support = self.merge_support(support, frame_prototypes)
 
         if query_mask is None:
             ignore = torch.zeros(batch, frames, h, w, dtype=torch.bool, device=query.device)
         else:
             ignore = resize_mask_nearest(query_mask, size)[:, :, 0] == IGNORE_LABEL
-        refined = self.transformer(merged_query, merged_support, attention_support_mask(support_object),
+        refined = self.transformer(merged_query, support.features, attention_support_mask(support.object),
                                    query, init_mask, ignore, shots=SHOTS)
 
         logits = self.output_logits(refined.query, batch)
         pred = self.upsample(self.upsample1, logits).argmax(dim=2)
-        score = self.score(query_features, query_tokens, logits.argmax(dim=2), support_tokens, support_object)
+        score = self.score(query_features, query_tokens, logits.argmax(dim=2), support.tokens, support.object)
         return ClipPrediction(logits=logits, init_logits=init_logits, pred=pred, score=score,
                               query_logits=refined.query_logits, support_logits=refined.support_logits,
                               cross_video_logits=refined.cross_video_logits)

@@ -1,0 +1,39 @@
+"""Shared test helpers: the reference case files and deterministic models of any size."""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+REFERENCE_DIR = Path(__file__).resolve().parents[2] / "shared" / "reference"
+if str(REFERENCE_DIR) not in sys.path:
+    sys.path.insert(0, str(REFERENCE_DIR))
+
+import reference_case  # noqa: E402  (lives in ../shared/reference)
+
+from models import VIPMT  # noqa: E402
+
+
+def reference_model(seed: int = 0, image_size=(240, 424), train: bool = False) -> VIPMT:
+    """A VIPMT with the reference case's deterministic weights. For sizes other than 240x424
+    the score head's first fully connected layer is redrawn (same rule) at the new shape."""
+    model = VIPMT(backbone_weights=None, image_size=image_size)
+    state = reference_case.reference_state_dict(seed)
+    fc1 = model.score_head.fc1.weight
+    if fc1.shape != state["score_head.fc1.weight"].shape:
+        g = torch.Generator().manual_seed(seed)
+        state["score_head.fc1.weight"] = torch.randn(fc1.shape, generator=g) * math.sqrt(1.0 / fc1.shape[1])
+    model.load_state_dict(state, strict=True)
+    model.train(train)
+    if train:
+        disable_dropout(model)
+    return model
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Set p = 0 on every dropout module, as the golden training cases were run."""
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Dropout, torch.nn.Dropout2d)):
+            module.p = 0.0
