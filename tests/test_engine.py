@@ -1,0 +1,69 @@
+"""The feature-caching video engine gives the authors' clip-by-clip predictions."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers import reference_case, reference_model
+from models import ModelError, VideoSegmenter, segment_video_recompute
+from models.engine import draw_memory
+
+SIZE = (64, 112)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return reference_model(0, SIZE)
+
+
+def video(seed: int, frames: int, shots: int = 5):
+    x = reference_case.reference_inputs(seed, 1, frames, shots, size=SIZE)
+    return x["query_img"][0], x["support_img"][0], x["support_mask"][0]
+
+
+def both_paths(model, frames, support_img, support_mask, **options):
+    cached = VideoSegmenter(model, **options).segment(frames, support_img, support_mask,
+                                                      generator=torch.Generator().manual_seed(11))
+    recomputed = segment_video_recompute(model, frames, support_img, support_mask,
+                                         generator=torch.Generator().manual_seed(11), **options)
+    return cached, recomputed
+
+
+@pytest.mark.parametrize("seed,frames,options", [
+    (20, 12, dict(memory_threshold=0.0, memory_size=5)),       # every frame reliable, random draws
+    (21, 13, dict(memory_threshold=0.505, memory_size=3)),     # some frames reliable
+    (22, 7, dict(memory_threshold=1.1)),                        # none reliable: supports only
+    (23, 11, dict(use_memory=False)),
+    (24, 3, dict(memory_threshold=0.0)),                        # one short clip
+])
+def test_engine_matches_recompute_path(model, seed, frames, options):
+    cached, recomputed = both_paths(model, *video(seed, frames), **options)
+    assert cached.pred.shape == (frames, *SIZE) and cached.score.shape == (frames,)
+    assert torch.equal(cached.pred, recomputed.pred)
+    torch.testing.assert_close(cached.score, recomputed.score, rtol=0, atol=1e-5)
+
+
+def test_memory_changes_later_clips(model):
+    frames, support_img, support_mask = video(30, 10)
+    with_memory = VideoSegmenter(model, memory_threshold=0.0).segment(frames, support_img, support_mask)
+    without = VideoSegmenter(model, use_memory=False).segment(frames, support_img, support_mask)
+    assert torch.equal(with_memory.pred[:5], without.pred[:5])          # clip 1 has no memory
+    assert not torch.allclose(with_memory.score[5:], without.score[5:])
+
+
+def test_draw_memory_keeps_order_and_size():
+    frames = list(range(9))
+    g = torch.Generator().manual_seed(0)
+    drawn = draw_memory(frames, 5, g)
+    assert len(drawn) == 5 and drawn == sorted(drawn) and set(drawn) <= set(frames)
+    assert draw_memory(frames[:3], 5, g) == [0, 1, 2]
+    draws = {tuple(draw_memory(frames, 5, g)) for _ in range(20)}
+    assert len(draws) > 1
+
+
+def test_bad_video_shapes_are_clear_errors(model):
+    frames, support_img, support_mask = video(31, 2)
+    with pytest.raises(ModelError, match="frames"):
+        VideoSegmenter(model).segment(frames[None], support_img, support_mask)
+    with pytest.raises(ModelError, match="no frames"):
+        VideoSegmenter(model).segment(frames[:0], support_img, support_mask)
