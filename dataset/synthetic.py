@@ -274,11 +274,19 @@ def _render_frame(tracks: Sequence[Track], looks: Sequence[ClassLook], t: int,
     for track, shape in zip(tracks, shapes):
         if shape is None:
             continue
-        mask, cx, cy, angle, _ = shape
+        mask, cx, cy, angle, radius = shape
+        # paint inside the shape's bounding box only
+        y0, y1 = max(0, int(cy - radius) - 1), min(height, int(cy + radius) + 2)
+        x0, x1 = max(0, int(cx - radius) - 1), min(width, int(cx + radius) + 2)
+        if y0 >= y1 or x0 >= x1:
+            continue
+        box = (slice(y0, y1), slice(x0, x1))
         look = looks[track.class_index]
-        second = texture_pattern(look, grid, cx, cy, angle, period) & mask
-        image[mask] = np.asarray(look.colour, dtype=np.float32) * brightness
-        image[second] = np.asarray(look.second, dtype=np.float32) * brightness
+        inside = mask[box]
+        second = texture_pattern(look, (grid[0][box], grid[1][box]), cx, cy, angle, period) & inside
+        patch = image[box]
+        patch[inside] = np.asarray(look.colour, dtype=np.float32) * brightness
+        patch[second] = np.asarray(look.second, dtype=np.float32) * brightness
     return np.clip(image, 0, 255).astype(np.uint8), visible
 
 
@@ -490,9 +498,9 @@ def _annotation(ann_id: int, video_id: int, category_id: int, size: tuple[int, i
         segmentation, annotated = entry
         segs.append(segmentation)
         areas.append(int(annotated.sum()))
-        ys, xs = np.nonzero(annotated)
-        boxes.append([float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1),
-                      float(ys.max() - ys.min() + 1)] if len(xs) else None)
+        rows, cols = np.flatnonzero(annotated.any(axis=1)), np.flatnonzero(annotated.any(axis=0))
+        boxes.append([float(cols[0]), float(rows[0]), float(cols[-1] - cols[0] + 1),
+                      float(rows[-1] - rows[0] + 1)] if len(rows) else None)
     return {"id": ann_id, "video_id": video_id, "category_id": category_id, "iscrowd": 0,
             "height": size[0], "width": size[1], "length": len(per_frame),
             "segmentations": segs, "areas": areas, "bboxes": boxes}
