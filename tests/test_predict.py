@@ -1,0 +1,119 @@
+"""predict.py end to end on a synthetic video, and its errors for bad input."""
+from __future__ import annotations
+
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import predict
+from helpers import reference_model
+
+SIZE = (64, 112)
+FRAME_HW = (90, 150)      # not the model's size: letterbox in, un-letterbox out
+
+
+def disc_frame(t: int) -> tuple[np.ndarray, np.ndarray]:
+    """A textured background with a moving bright disc; returns (BGR frame, 0/1 mask)."""
+    h, w = FRAME_HW
+    rng = np.random.default_rng(t)
+    frame = rng.integers(0, 80, size=(h, w, 3), dtype=np.uint8)
+    yy, xx = np.mgrid[:h, :w]
+    mask = ((yy - 45) ** 2 + (xx - 40 - 6 * t) ** 2 <= 20 ** 2).astype(np.uint8)
+    frame[mask > 0] = (40, 200, 240)
+    return frame, mask
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict")
+    checkpoint = root / "authors.pth"
+    torch.save({"state_dict": reference_model(0, SIZE).state_dict()}, checkpoint)
+    video = root / "clip.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 8.0, FRAME_HW[::-1])
+    for t in range(7):
+        writer.write(disc_frame(t)[0])
+    writer.release()
+    supports, masks = [], []
+    for i in range(2):
+        frame, mask = disc_frame(20 + i)
+        supports.append(str(root / f"support{i}.jpg"))
+        masks.append(str(root / f"support{i}.png"))
+        cv2.imwrite(supports[-1], frame)
+        cv2.imwrite(masks[-1], mask * 255)
+    return root, checkpoint, video, supports, masks
+
+
+def run(workspace, **changes):
+    root, checkpoint, video, supports, masks = workspace
+    args = {"--checkpoint": str(checkpoint), "--video": str(video), "--output": str(root / "out"),
+            "--image-size": [str(s) for s in SIZE], "--device": "cpu",
+            "--support-images": supports, "--support-masks": masks}
+    args.update(changes)
+    argv = []
+    for key, value in args.items():
+        if value is not None:
+            argv += [key, *(value if isinstance(value, list) else [value])]
+    return predict.run_cli(predict.main, argv, (predict.UserError, predict.ModelError, predict.CheckpointError,
+                                                predict.DatasetError))
+
+
+def test_predict_writes_masks_video_and_scores(workspace):
+    root = workspace[0]
+    assert run(workspace) == 0
+    out = root / "out"
+    masks = sorted(os.listdir(out / "masks"))
+    assert len(masks) == 7
+    first = cv2.imread(str(out / "masks" / masks[0]), cv2.IMREAD_UNCHANGED)
+    assert first.shape == FRAME_HW and set(np.unique(first)) <= {0, 255}
+    capture = cv2.VideoCapture(str(out / "overlay.mp4"))
+    count = 0
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        assert frame.shape[:2] == FRAME_HW
+        count += 1
+    assert count == 7
+    report = json.loads((out / "predictions.json").read_text())
+    assert [r["frame"] for r in report["frames"]] == [m[:-4] for m in masks]
+    assert all(0 < r["score"] < 1 for r in report["frames"])
+    assert not any(name.startswith(".") for name in os.listdir(out))
+
+
+def test_unletterbox_inverts_letterbox_geometry():
+    mask = np.zeros(SIZE, np.uint8)
+    new_h, new_w, top, left = predict.letterbox_geometry(*FRAME_HW, *SIZE)
+    mask[top:top + new_h, left:left + new_w // 2] = 1          # left half of the picture
+    back = predict.unletterbox(mask, FRAME_HW)
+    assert back.shape == FRAME_HW
+    assert back[:, : FRAME_HW[1] // 2 - 2].all() and not back[:, FRAME_HW[1] // 2 + 2:].any()
+
+
+def test_support_without_mask(workspace, capsys):
+    assert run(workspace, **{"--support-masks": workspace[4][:1]}) == 2
+    assert "no mask for" in capsys.readouterr().err
+
+
+def test_mask_of_other_size(workspace, tmp_path, capsys):
+    small = tmp_path / "small.png"
+    cv2.imwrite(str(small), np.full((10, 10), 255, np.uint8))
+    assert run(workspace, **{"--support-masks": [str(small), workspace[4][1]]}) == 2
+    assert "must match" in capsys.readouterr().err
+
+
+def test_empty_mask(workspace, tmp_path, capsys):
+    empty = tmp_path / "empty.png"
+    cv2.imwrite(str(empty), np.zeros(FRAME_HW, np.uint8))
+    assert run(workspace, **{"--support-masks": [str(empty), workspace[4][1]]}) == 2
+    assert "is empty" in capsys.readouterr().err
+
+
+def test_unreadable_video(workspace, tmp_path, capsys):
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"this is not a video")
+    assert run(workspace, **{"--video": str(broken)}) == 2
+    assert "cannot read any frame" in capsys.readouterr().err
