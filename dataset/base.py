@@ -150,6 +150,10 @@ class EpisodeDataset(Dataset):
             return self._test_items[index][0]
         return self.classes[index // self.episodes_per_class]
 
+    def class_name(self, class_id: int) -> str:
+        """Human-readable name of a class (its id when the dataset has no names)."""
+        return str(class_id)
+
     def test_item(self, index: int) -> tuple[int, str]:
         """``(class_id, video)`` of test item ``index``."""
         if self.split != "test":

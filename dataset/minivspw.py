@@ -251,6 +251,9 @@ class MiniVSPWDataset(EpisodeDataset):
     def support_frames_of(self, video: str, class_id: int) -> list[Any]:
         return self._index[class_id][video]
 
+    def class_name(self, class_id: int) -> str:
+        return self.class_names.get(int(class_id), str(class_id))
+
     def frame_name(self, video: str, frame: Any) -> str:
         return str(frame)
 

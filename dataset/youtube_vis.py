@@ -358,6 +358,9 @@ class YouTubeVISDataset(EpisodeDataset):
     def support_frames_of(self, video: str, class_id: int) -> list[int]:
         return self.index.videos[video].class_frames[class_id]
 
+    def class_name(self, class_id: int) -> str:
+        return self.index.category_names.get(int(class_id), str(class_id))
+
     def frame_path(self, video: str, frame: int) -> str:
         return os.path.join(self.frames_dir, self.index.videos[video].file_names[frame])
 

@@ -97,6 +97,7 @@ def test_episodes_and_masks(vspw_root):
         assert (item["support_mask"].flatten(1).sum(1) > 0).all()
     dataset = MiniVSPWDataset(vspw_root, split="test", group=3, image_size=FRAME_SIZE)
     assert set(dataset.classes) == TEST_IDS[2]
+    assert dataset.class_name(61) == "person"
     class_id, video = dataset.test_item(0)
     item = dataset[0]
     stems = sorted(n[:-4] for n in os.listdir(os.path.join(vspw_root, "data", video, "origin")))

@@ -64,10 +64,12 @@ def test_fold_classes_follow_the_id_rule():
     assert sorted(all_held_out) == list(range(1, 41))
 
 
-def test_split_classes(ytvis_root):
+def test_split_classes(ytvis_root, annotations):
     assert make(ytvis_root, "train", group=2).classes == [c for c in range(1, 41) if c % 4 != 2]
     assert make(ytvis_root, "val", group=2).classes == [2, 6, 10, 14, 18, 22, 26, 30, 34, 38]
-    assert make(ytvis_root, "test", group=3).classes == [3, 7, 11, 15, 19, 23, 27, 31, 35, 39]
+    test = make(ytvis_root, "test", group=3)
+    assert test.classes == [3, 7, 11, 15, 19, 23, 27, 31, 35, 39]
+    assert test.class_name(3) == next(c["name"] for c in annotations["categories"] if c["id"] == 3)
 
 
 # ------------------------------------------------------------------------------------ index
