@@ -34,7 +34,7 @@ from tqdm import tqdm
 from .base import EpisodeDataset
 from .episodes import CLIP_LENGTH
 from .errors import DatasetError
-from .io_utils import atomic_write_json
+from utils.fileio import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ def write_index_cache(path: str, list_path: str, class_ids: Sequence[int],
     payload = {"version": CACHE_VERSION, "list_file": os.path.basename(list_path),
                "list_sha1": file_sha1(list_path), "classes": [int(c) for c in class_ids],
                "videos": {str(c): videos for c, videos in index.items()}}
-    atomic_write_json(path, payload)
+    atomic_write_json(path, payload, indent=None)
 
 
 def load_index_cache(path: str, list_path: str, class_ids: Sequence[int]):

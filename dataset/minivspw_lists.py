@@ -33,7 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import DatasetError
-from .io_utils import atomic_write_json, atomic_write_text
+from utils.fileio import atomic_write_json, atomic_write_text
 from .minivspw import (FRAMES_RELDIR, LISTS_RELDIR, MASK_FOLDER, MASK_SUFFIX, cache_file,
                        class_file, list_file, read_label_image, write_index_cache)
 

@@ -43,7 +43,7 @@ import numpy as np
 import pycocotools.mask as mask_utils
 
 from .errors import DatasetError
-from .io_utils import atomic_write_json, atomic_write_text
+from utils.fileio import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -477,7 +477,7 @@ def write_synthetic_youtube_vis(root: str, seed: int = 0, *, videos_per_class: i
         data = {"info": {"description": "synthetic YouTube-VIS 2019 style dataset (dataset.synthetic)",
                          "seed": int(seed)},
                 "licenses": [], "videos": videos, "annotations": annotations, "categories": categories}
-        atomic_write_json(os.path.join(staging, "train", "train.json"), data)
+        atomic_write_json(os.path.join(staging, "train", "train.json"), data, indent=None)
         _commit_root(staging, root, params)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

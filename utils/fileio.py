@@ -11,10 +11,11 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
+import secrets
+import shutil
 from typing import Any, Callable
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_torch_save"]
+__all__ = ["atomic_copy", "atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_torch_save"]
 
 
 def _fsync_directory(directory: str) -> None:
@@ -30,12 +31,24 @@ def _fsync_directory(directory: str) -> None:
         os.close(fd)
 
 
+def _create_temp(directory: str, name: str) -> "tuple[int, str]":
+    """A new hidden file next to the destination, with the umask's usual permissions
+    (``tempfile.mkstemp`` would make it private, 0600)."""
+    for _ in range(100):
+        tmp = os.path.join(directory, f".{name}.tmp{os.getpid()}_{secrets.token_hex(4)}")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a temporary file next to {os.path.join(directory, name)!r}")
+
+
 def atomic_write(path: str, write: Callable[[io.BufferedWriter], None]) -> str:
     """Call ``write(binary_file)`` on a temp file next to ``path`` and atomically move it there."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.tmp")
+    fd, tmp = _create_temp(directory, os.path.basename(path))
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -60,8 +73,10 @@ def atomic_write_text(path: str, text: str) -> str:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_json(path: str, obj: Any) -> str:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+def atomic_write_json(path: str, obj: Any, indent: int | None = 2) -> str:
+    """JSON, indented (``indent=None``: compact, for large files)."""
+    separators = (",", ":") if indent is None else None
+    return atomic_write_text(path, json.dumps(obj, indent=indent, separators=separators, default=str) + "\n")
 
 
 def atomic_torch_save(obj: Any, path: str) -> str:
@@ -69,3 +84,26 @@ def atomic_torch_save(obj: Any, path: str) -> str:
     import torch
 
     return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_copy(src: str, dst: str) -> str:
+    """Make ``dst`` an identical file to ``src``, atomically.
+
+    A hard link when the file system allows it (no second copy on disk; replacing ``src``
+    later with :func:`atomic_write` does not change ``dst``), else a byte copy.
+    """
+    directory = os.path.dirname(os.path.abspath(dst))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(dst)}.tmp{os.getpid()}_{secrets.token_hex(4)}")
+    try:
+        os.link(src, tmp)
+    except OSError:
+        with open(src, "rb") as source:
+            return atomic_write(dst, lambda f: shutil.copyfileobj(source, f, 16 * 1024 * 1024))
+    try:
+        os.replace(tmp, dst)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    _fsync_directory(directory)
+    return dst
