@@ -9,6 +9,7 @@ from .config import (  # noqa: F401
     dump_config,
     get_config,
     load_config_file,
+    read_config_file,
     parse_override,
     save_config,
     update_config,

@@ -37,6 +37,7 @@ __all__ = [
     "dump_config",
     "save_config",
     "load_config_file",
+    "read_config_file",
     "dataset_root",
     "parse_override",
 ]
@@ -92,6 +93,7 @@ DEFAULTS = EasyDict(
         "output_dir": "runs",                      # run directories are created in here
         "run_name": "",                            # default: <dataset>_group<G>
         "save_every": 10,                          # periodic checkpoint every N epochs
+        "checkpoint_every_iters": 200,             # also refresh last.pth every N iterations (0: off)
         "validate_every": 1,                       # validation every N epochs
         "log_every": 10,                           # TensorBoard scalars every N iterations
     }
@@ -239,7 +241,7 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     for key in positive:
         if cfg[key] < 1:
             raise ConfigError(f"{key}={cfg[key]}: expected a positive integer")
-    for key in ("num_workers",):
+    for key in ("num_workers", "checkpoint_every_iters"):
         if cfg[key] < 0:
             raise ConfigError(f"{key}={cfg[key]}: expected >= 0")
     if cfg["query_frames"] % cfg["clip_length"] != 0:
@@ -295,8 +297,8 @@ def save_config(cfg: Mapping[str, Any], path: str) -> str:
     return atomic_write_text(path, dump_config(cfg, fmt))
 
 
-def load_config_file(path: str) -> EasyDict:
-    """Defaults updated (strictly) with the values of a saved YAML/JSON config file."""
+def read_config_file(path: str) -> dict:
+    """The raw ``key: value`` mapping of a YAML/JSON config file (keys and types checked)."""
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path!r} does not exist")
     with open(path, encoding="utf-8") as f:
@@ -312,7 +314,16 @@ def load_config_file(path: str) -> EasyDict:
         raise ConfigError(f"config file {path!r} could not be parsed: {exc}") from None
     if not isinstance(data, Mapping):
         raise ConfigError(f"config file {path!r} must hold a mapping of key: value")
-    return update_config(get_config(), data)
+    try:
+        update_config(get_config(), data)
+    except ConfigError as exc:
+        raise ConfigError(f"config file {path!r}: {exc}") from None
+    return dict(data)
+
+
+def load_config_file(path: str) -> EasyDict:
+    """Defaults updated (strictly) with the values of a saved YAML/JSON config file."""
+    return update_config(get_config(), read_config_file(path))
 
 
 def dataset_root(cfg: Mapping[str, Any]) -> str:

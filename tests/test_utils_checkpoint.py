@@ -15,7 +15,7 @@ from torch import nn
 
 from utils.checkpoint import (CheckpointError, capture_rng_state, load_checkpoint, load_model_state,
                               restore_rng_state, save_checkpoint)
-from utils.fileio import atomic_write, atomic_write_text
+from utils.fileio import atomic_copy, atomic_write, atomic_write_text
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -140,3 +140,14 @@ def test_missing_truncated_and_unsafe_files(tmp_path):
     torch.save({"weights": [1, 2]}, tmp_path / "other.pth")
     with pytest.raises(CheckpointError, match="no 'state_dict'.*weights"):
         load_checkpoint(str(tmp_path / "other.pth"))
+
+
+def test_atomic_copy_is_a_snapshot(tmp_path):
+    src, dst = tmp_path / "last.pth", tmp_path / "best.pth"
+    atomic_write_text(str(src), "epoch 1")
+    atomic_copy(str(src), str(dst))
+    atomic_write_text(str(src), "epoch 2")       # replacing the source leaves the copy alone
+    assert dst.read_text() == "epoch 1" and src.read_text() == "epoch 2"
+    atomic_copy(str(src), str(dst))               # and a copy can replace an older one
+    assert dst.read_text() == "epoch 2"
+    assert sorted(os.listdir(tmp_path)) == ["best.pth", "last.pth"]

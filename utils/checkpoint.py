@@ -222,12 +222,13 @@ def load_model_state(
     state_dict: Mapping[str, torch.Tensor],
     source: str = "checkpoint",
     ignore_missing: Iterable[str] = (),
+    hint: str = "",
 ) -> None:
     """Load ``state_dict`` into ``model`` strictly; one CheckpointError names every bad key.
 
     ``module.`` prefixes are removed first. ``ignore_missing`` lists model keys that may be
     absent from the file (e.g. fixed buffers); anything else missing, unexpected, or with a
-    different shape is an error.
+    different shape is an error. ``hint`` is appended to the message.
     """
     target = unwrap_model(model)
     sd = strip_prefix(state_dict)
@@ -245,9 +246,8 @@ def load_model_state(
             parts.append(f"unexpected {len(unexpected)}: {_names(unexpected)}")
         if wrong_shape:
             parts.append(f"wrong shape {len(wrong_shape)}: {_names(wrong_shape)}")
-        raise CheckpointError(f"{source} does not fit the model: " + "; ".join(parts)
-                              + ". Expected a VIPMT checkpoint with the reference parameter names "
-                              "(ours or the authors'), made for the same image size.")
+        raise CheckpointError(f"{source} does not fit the model: " + "; ".join(parts) + "."
+                              + (f" {hint}" if hint else ""))
     to_load = OrderedDict((k, v) for k, v in sd.items())
     result = target.load_state_dict(to_load, strict=False)
     leftover = [k for k in result.missing_keys if k not in ignore]

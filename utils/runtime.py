@@ -1,0 +1,63 @@
+"""Small helpers shared by train.py and test.py: user errors, device choice, seeding.
+
+Imports neither ``models`` nor ``dataset``.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import sys
+from typing import Callable, Sequence, Tuple, Type
+
+import numpy as np
+import torch
+
+__all__ = ["UserError", "EXIT_USER_ERROR", "EXIT_FAILURE", "resolve_device", "seed_everything",
+           "run_cli", "RANK_SEED_STRIDE"]
+
+logger = logging.getLogger(__name__)
+
+EXIT_USER_ERROR = 2        # bad input the user can fix: "error: <message>", no traceback
+EXIT_FAILURE = 1           # the run failed (e.g. non-finite loss)
+RANK_SEED_STRIDE = 100_003  # DDP rank r seeds with seed + r * stride (rank 0: the plain seed)
+
+
+class UserError(Exception):
+    """A problem the user can fix; scripts print ``error: <message>`` and exit 2."""
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """'auto' -> CUDA if available else CPU; 'cuda' -> the GPU of this DDP rank; 'cpu'."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"device {name!r} was requested but CUDA is not available on this "
+                            f"machine; use --device cpu")
+        if name == "cuda":
+            return torch.device("cuda", local_rank)
+        index = int(name.split(":", 1)[1])
+        if index >= torch.cuda.device_count():
+            raise UserError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
+        return torch.device(name)
+    if name != "cpu":
+        raise UserError(f"device {name!r}: expected auto, cpu, cuda or cuda:N")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA) with ``seed``."""
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+def run_cli(main: Callable[[Sequence[str]], int], argv: Sequence[str] | None,
+            user_errors: Tuple[Type[BaseException], ...]) -> int:
+    """Run ``main(argv)``; exceptions of ``user_errors`` become ``error: <message>`` + exit 2."""
+    try:
+        return int(main(sys.argv[1:] if argv is None else list(argv)) or 0)
+    except user_errors as exc:
+        message = str(exc).strip() or type(exc).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_USER_ERROR
