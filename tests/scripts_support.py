@@ -1,0 +1,40 @@
+"""Helpers for the train.py / test.py tests: tiny synthetic data and in-process script runs."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+from dataset import write_synthetic_youtube_vis  # noqa: E402
+
+IMAGE = 64                      # smallest size the model accepts: the ResNet-50 is the cost
+# Three 1-frame clips (clip 3 draws 1 memory frame of 2 at random), 5 supports, CPU, no workers.
+TINY = ["image_size=64,64", "query_frames=3", "clip_length=1", "memory_size=1",
+        "episodes_per_class=1", "val_episodes_per_class=1", "val_batch_size=1", "num_workers=0",
+        "epochs=1", "batch_size=1", "checkpoint_every_iters=0"]
+
+
+def write_dataset(root: str, num_categories: int = 4, frames: int = 8) -> str:
+    """YouTube-VIS-format data: ``num_categories`` classes x 3 videos of ``frames`` 64x64 frames.
+
+    Group 1 holds out class 1 (test/val) and trains on the others that exist.
+    """
+    return write_synthetic_youtube_vis(root, seed=0, videos_per_class=3, frames_per_video=frames,
+                                       frame_size=(IMAGE, IMAGE), num_categories=num_categories)
+
+
+def load_script(name: str):
+    """Import train.py / test.py by path (``test`` would clash with the standard library)."""
+    spec = importlib.util.spec_from_file_location(f"vipmt_script_{name}", os.path.join(REPO, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(script, argv):
+    """Run a script's main like the command line does: returns the exit status."""
+    return script.run_cli(script.main, [str(a) for a in argv], script.user_error_types())
