@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import colorsys
+import contextlib
 import json
 import logging
 import math
@@ -366,6 +367,17 @@ def _commit_root(staging: str, root: str, params: dict) -> None:
     os.replace(staging, root)
 
 
+@contextlib.contextmanager
+def _staged_tree(staging: str, root: str, params: dict):
+    """Build the tree in ``staging``; on success move it to ``root``, on any failure delete it."""
+    try:
+        yield
+        _commit_root(staging, root, params)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 def _write_jpeg(path: str, image_rgb: np.ndarray) -> None:
     ok, payload = cv2.imencode(".jpg", image_rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     if not ok:
@@ -430,7 +442,7 @@ def write_synthetic_youtube_vis(root: str, seed: int = 0, *, videos_per_class: i
     if staging is None:
         return root
     start = time.perf_counter()
-    try:
+    with _staged_tree(staging, root, params):
         rng = np.random.default_rng(seed)
         looks = [class_look(i) for i in range(num_categories)]
         frames_dir = os.path.join(staging, "train", "JPEGImages")
@@ -478,10 +490,6 @@ def write_synthetic_youtube_vis(root: str, seed: int = 0, *, videos_per_class: i
                          "seed": int(seed)},
                 "licenses": [], "videos": videos, "annotations": annotations, "categories": categories}
         atomic_write_json(os.path.join(staging, "train", "train.json"), data, indent=None)
-        _commit_root(staging, root, params)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     logger.info("wrote synthetic YouTube-VIS dataset %s (%d videos) in %.1f s", root, len(videos),
                 time.perf_counter() - start)
     return root
@@ -531,7 +539,7 @@ def write_synthetic_vspw(root: str, seed: int = 0, *, val_videos_per_class: int 
     if staging is None:
         return root
     start = time.perf_counter()
-    try:
+    with _staged_tree(staging, root, params):
         rng = np.random.default_rng(seed)
         class_ids = sorted(VSPW_CLASS_NAMES)
         looks = [class_look(i) for i in range(len(class_ids))]
@@ -578,10 +586,6 @@ def write_synthetic_vspw(root: str, seed: int = 0, *, val_videos_per_class: int 
         if write_lists:
             from .minivspw_lists import generate_lists
             generate_lists(staging, workers=1, show_progress=False)
-        _commit_root(staging, root, params)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     logger.info("wrote synthetic VSPW dataset %s (%d videos) in %.1f s", root, len(jobs),
                 time.perf_counter() - start)
     return root
