@@ -66,6 +66,7 @@ def load_tested_model(args, values: Dict[str, Any]):
     path = args.checkpoint or os.path.join(run_directory(cfg), BEST_CHECKPOINT)
     if path.lower() == "none":
         logger.warning("testing an UNTRAINED model (--checkpoint none)")
+        seed_everything(cfg.seed)                 # the same initial weights as train.py's
         model = build_model(cfg, backbone_weights_path(cfg, required=True))
         return cfg, model, "none (untrained)"
     if not os.path.isfile(path):

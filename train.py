@@ -131,7 +131,7 @@ def dataset_missing_message(cfg) -> str:
         flag = "--dataset minivspw --data-root data/synthetic_vspw"
     return (f"dataset {cfg.dataset!r} not found at {root!r} (expected {expected}). Download it "
             f"(see data/README.md) and pass --data-root PATH, or try the built-in demo on a "
-            f"synthetic dataset: `bash scripts/demo.sh`, or write one with `{synthetic}` and "
+            f"synthetic dataset: `python demo.py`, or write one with `{synthetic}` and "
             f"add `{flag}` to this command.")
 
 
@@ -315,7 +315,8 @@ class Trainer:
 
         def backward(loss: torch.Tensor) -> None:
             self._check_finite(loss, epoch, iteration, next(clip_counter))
-            self.scaler.scale(loss).backward()
+            with torch.autocast(device_type=self.device.type, enabled=False):   # backward outside autocast
+                self.scaler.scale(loss).backward()
 
         with self._autocast():
             results = train_episode(self.train_module, *tensors, plans, backward=backward)
@@ -466,6 +467,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def remove_stale_temporaries(run_dir: str) -> None:
+    """Delete half-written checkpoint temporaries a killed run left behind (never read anyway)."""
+    for name in os.listdir(run_dir):
+        if name.startswith(".") and (".pth.tmp" in name or name.startswith(f".{CONFIG_FILE}.tmp")):
+            os.unlink(os.path.join(run_dir, name))
+            logger.info("removed %s (a write interrupted by an earlier crash)", name)
+
+
 def find_resume_checkpoint(args, cfg) -> str:
     if not args.resume_from:
         path = os.path.join(run_directory(cfg), LAST_CHECKPOINT)
@@ -518,6 +527,8 @@ def main(argv: Sequence[str]) -> int:
             os.makedirs(run_dir, exist_ok=True)
         du.barrier()
         setup_logging(os.path.join(run_dir, LOG_FILE), rank=dist_info.rank)
+        if dist_info.is_main:
+            remove_stale_temporaries(run_dir)
         if dist_info.is_main:
             save_config(cfg, os.path.join(run_dir, CONFIG_FILE))
         logger.info("run directory %s; command: %s", run_dir, " ".join([os.path.basename(sys.argv[0])] + list(argv)))

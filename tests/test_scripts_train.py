@@ -1,10 +1,14 @@
 """train.py: one training step, interrupt + resume, the NaN guard (tiny synthetic data, CPU)."""
 import math
+import os
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
-from scripts_support import TINY, load_script, run, write_dataset
+from scripts_support import REPO, TINY, load_script, run, write_dataset
 
 train = load_script("train")
 
@@ -50,19 +54,37 @@ def _load(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def _kill_after_first_checkpoint(argv, checkpoint, timeout=300):
+    """Start train.py in a subprocess and SIGKILL it as soon as `checkpoint` exists."""
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "train.py")] + [str(a) for a in argv],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    try:
+        while not os.path.exists(checkpoint) and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert os.path.exists(checkpoint), "the run was killed before it wrote a checkpoint"
+
+
 def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path):
-    # one training class (2 episodes -> 2 iterations per epoch), 2 epochs = 4 steps
+    # one training class (2 episodes -> 2 iterations per epoch), 2 epochs = 4 steps; last.pth
+    # is refreshed after every iteration
     one_class = write_dataset(str(tmp_path / "one_class"), num_categories=2)
     common = ["--data-root", one_class, "--device", "cpu", "--backbone-weights", "none",
-              "--output-dir", tmp_path / "runs"] + TINY + ["epochs=2", "episodes_per_class=2"]
+              "--output-dir", tmp_path / "runs"] + TINY + ["epochs=2", "episodes_per_class=2",
+                                                            "checkpoint_every_iters=1"]
     assert run(train, common + ["--run-name", "straight"]) == 0
-    # interrupted inside epoch 1, then at the end of epoch 1, then finished
-    assert run(train, common + ["--run-name", "pieces", "--stop-after", "1"]) == 0
-    assert _load(tmp_path / "runs/pieces/last.pth")["iteration"] == 1
-    assert run(train, common + ["--run-name", "pieces", "--resume", "--stop-after", "2"]) == 0
-    mid = _load(tmp_path / "runs/pieces/last.pth")
-    assert (mid["epoch"], mid["iteration"]) == (1, 0)
-    assert run(train, common + ["--run-name", "pieces", "--resume"]) == 0
+    # kill -9 once the first checkpoint exists, resume and stop at the end of epoch 1 (or one
+    # step later if the killed run got further), resume and stop one step later, then finish
+    pieces = common + ["--run-name", "pieces"]
+    _kill_after_first_checkpoint(pieces, tmp_path / "runs/pieces/last.pth")
+    assert _load(tmp_path / "runs/pieces/last.pth")["global_step"] >= 1
+    assert run(train, pieces + ["--resume", "--stop-after", "2"]) == 0
+    assert run(train, pieces + ["--resume", "--stop-after", "3"]) == 0
+    assert _load(tmp_path / "runs/pieces/last.pth")["global_step"] == 3
+    assert run(train, pieces + ["--resume"]) == 0
 
     a, b = _load(tmp_path / "runs/straight/last.pth"), _load(tmp_path / "runs/pieces/last.pth")
     assert a["epoch"] == b["epoch"] == 2 and a["global_step"] == b["global_step"] == 4
@@ -72,13 +94,16 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path):
     for index, state in a["optimizer"]["state"].items():
         assert torch.equal(state["exp_avg_sq"], b["optimizer"]["state"][index]["exp_avg_sq"])
     assert a["metrics"]["history"] == b["metrics"]["history"]   # same losses and validation IoU
+    assert {k: v for k, v in a["config"].items() if k != "run_name"} == \
+        {k: v for k, v in b["config"].items() if k != "run_name"}
     # the run directory is complete and self-describing
     run_dir = tmp_path / "runs/pieces"
     for name in ("config.yaml", "train.log", "last.pth", "best.pth", "tb"):
         assert (run_dir / name).exists(), name
     assert b["config"]["image_size"] == [64, 64] and b["config"]["epochs"] == 2
     log = (run_dir / "train.log").read_text()
-    assert "resumed after epoch 1" in log and "RANDOM backbone" in log   # --backbone-weights none warns
+    assert "resumed after epoch" in log and "RANDOM backbone" in log   # --backbone-weights none warns
+    assert not [f for f in os.listdir(run_dir) if ".tmp" in f]          # no temporary files left behind
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path, monkeypatch, capsys):
