@@ -2,13 +2,16 @@
 
 The prior and the PFE mask compare channel-pooled layer4 features by cosine similarity.
 The reference pools `layer4 * mask` again for every (query frame, support frame) pair and
-computes a full (hw x hw) cosine map per pair. Two exact identities make this cheap:
+computes a full (hw x hw) cosine map per pair. Three identities make this cheap:
 
 * channel pooling is linear and the masks are 0/1 per position, so
   `pool(f * m) == pool(f) * m` bit for bit: every frame is pooled once;
 * a masked-out position is a zero vector whose cosine with anything is exactly 0
   (`0 / (0 + eps)`), so only object rows need a matrix product and the zeros enter the
-  max as a single 0 whenever a masked-out position exists.
+  max as a single 0 whenever a masked-out position exists;
+* the PFE mask's "query background vs supports" and "query object vs supports" maps are the
+  prior's per-support-frame maps maxed over frames (zero where the other mask hides the
+  position), so `support_similarity` is computed once per clip for both.
 """
 from __future__ import annotations
 
@@ -58,12 +61,14 @@ def _max_cosine(rows: torch.Tensor, columns: torch.Tensor, column_norms: torch.T
 
     rows [R,c], columns [M,c], column_norms [M] -> [M]. Rows that are zero vectors are left out
     by the caller; `zero_row_present` adds their exact cosine, 0, to the max.
+    The reference's `r.c / (|r||c| + 1e-7)` is computed as `max_r (r/|r|).c` divided by |c|:
+    no (R x M) division, and the 1e-7 only ever mattered for zero vectors, which give 0 either way.
     """
     if rows.shape[0] == 0:
         return columns.new_zeros(columns.shape[0])
-    dots = rows @ columns.T
-    denominators = rows.norm(dim=1, keepdim=True) * column_norms.unsqueeze(0) + COSINE_EPS
-    best = (dots / denominators).amax(dim=0)
+    tiny = torch.finfo(rows.dtype).tiny
+    unit_rows = rows / rows.norm(dim=1, keepdim=True).clamp_min(tiny)
+    best = (unit_rows @ columns.T).amax(dim=0) / column_norms.clamp_min(tiny)
     return best.clamp(min=0) if zero_row_present else best
 
 
@@ -75,13 +80,13 @@ def min_max_normalise(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def prior_map(query_tokens: torch.Tensor, support_tokens: torch.Tensor,
-              support_mask: torch.Tensor) -> torch.Tensor:
-    """The PFENet-style prior of every query frame (SPEC 3.4, with its running-mean quirk).
+def support_similarity(query_tokens: torch.Tensor, support_tokens: torch.Tensor,
+                       support_mask: torch.Tensor) -> torch.Tensor:
+    """For every query position, its best cosine match among each support frame's object positions.
 
     query_tokens [B,Tq,hw,c] and support_tokens [B,Ts,hw,c] are channel-pooled layer4 tokens,
-    support_mask [B,Ts,hw] 0/1. Returns [B,Tq,hw]: for query frame t the mean of the min-max
-    normalised maps of all pairs (q, s) with q <= t (the reference never resets its list).
+    support_mask [B,Ts,hw] 0/1 -> [B,Ts,Tq*hw]. Both the prior (per support frame) and the PFE
+    mask (max over support frames) are read from it, so it is computed once per clip.
     """
     batch, query_frames, hw, _ = query_tokens.shape
     support_frames = support_tokens.shape[1]
@@ -93,19 +98,32 @@ def prior_map(query_tokens: torch.Tensor, support_tokens: torch.Tensor,
             inside = support_mask[b, s] > 0
             maps[b, s] = _max_cosine(support_tokens[b, s][inside], columns, column_norms,
                                      zero_row_present=bool((~inside).any()))
-    maps = min_max_normalise(rearrange(maps, "b s (t n) -> b t s n", t=query_frames))
+    return maps
+
+
+@torch.no_grad()
+def prior_map(similarity: torch.Tensor, query_frames: int) -> torch.Tensor:
+    """The PFENet-style prior of every query frame (SPEC 3.4, with its running-mean quirk).
+
+    similarity [B,Ts,Tq*hw] from `support_similarity`. Returns [B,Tq,hw]: for query frame t the
+    mean of the min-max normalised maps of all pairs (q, s) with q <= t (the reference never
+    resets its list).
+    """
+    support_frames = similarity.shape[1]
+    maps = min_max_normalise(rearrange(similarity, "b s (t n) -> b t s n", t=query_frames))
     per_frame_sum = maps.sum(dim=2).cumsum(dim=1)                       # [B,Tq,hw]
     pairs_so_far = torch.arange(1, query_frames + 1, device=maps.device) * support_frames
     return per_frame_sum / pairs_so_far.view(1, -1, 1)
 
 
 @torch.no_grad()
-def pfe_mask(query_tokens: torch.Tensor, query_object: torch.Tensor, support_tokens: torch.Tensor,
-             support_mask: torch.Tensor) -> torch.Tensor:
+def pfe_mask(query_tokens: torch.Tensor, query_object: torch.Tensor, similarity: torch.Tensor) -> torch.Tensor:
     """The 5-channel prior-feature-enrichment mask the score head reads (SPEC 5).
 
-    query_tokens [B,Tq,hw,c] / support_tokens [B,Ts,hw,c] channel-pooled layer4 tokens,
-    query_object [B,Tq,hw] predicted 0/1 query mask, support_mask [B,Ts,hw] 0/1.
+    query_tokens [B,Tq,hw,c] channel-pooled layer4 tokens, query_object [B,Tq,hw] predicted 0/1
+    query mask, similarity [B,Ts,Tq*hw] from `support_similarity` (the query background's best
+    support match is the query position's best match wherever the mask is 0, and 0 elsewhere,
+    where the background features are zero vectors).
     Returns [B,Tq,5,hw]: the query mask; the best support match of the query background and of
     the query object; for each object position its best background match and for each
     background position its best object match (each map min-max normalised).
@@ -113,17 +131,11 @@ def pfe_mask(query_tokens: torch.Tensor, query_object: torch.Tensor, support_tok
     batch, query_frames, hw, _ = query_tokens.shape
     out = query_tokens.new_zeros(batch, query_frames, 5, hw)
     out[:, :, 0] = query_object
+    best_support = rearrange(similarity.amax(dim=1), "b (t n) -> b t n", t=query_frames)
     for b in range(batch):
-        support_inside = rearrange(support_mask[b] > 0, "s n -> (s n)")
-        support_rows = rearrange(support_tokens[b], "s n c -> (s n) c")[support_inside]
-        columns = rearrange(query_tokens[b], "t n c -> (t n) c")
-        column_norms = columns.norm(dim=1)
-        best_support = _max_cosine(support_rows, columns, column_norms,
-                                   zero_row_present=bool((~support_inside).any()))
-        best_support = rearrange(best_support, "(t n) -> t n", t=query_frames)
         is_object = query_object[b] > 0
-        out[b, :, 1] = torch.where(is_object, 0.0, best_support)
-        out[b, :, 2] = torch.where(is_object, best_support, 0.0)
+        out[b, :, 1] = torch.where(is_object, 0.0, best_support[b])
+        out[b, :, 2] = torch.where(is_object, best_support[b], 0.0)
         for t in range(query_frames):
             background = query_tokens[b, t][~is_object[t]]
             foreground = query_tokens[b, t][is_object[t]]

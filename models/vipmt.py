@@ -21,7 +21,7 @@ from .heads import OUTPUT_STRIDE, BoxUpsampler, ScoreHead, classifier
 from .losses import (AUX_QUERY_WEIGHT, AUX_SUPPORT_WEIGHT, FINAL_WEIGHT, INITIAL_WEIGHT, LossWeights,
                      contrast_loss, mean_bce, score_loss, segmentation_loss)
 from .prototypes import (ChannelPool, masked_average_pool, object_mask, pfe_mask, prior_map,
-                         resize_mask_nearest)
+                         resize_mask_nearest, support_similarity)
 from .transformer import IGNORE_LABEL, VIPMTTransformer, conv_relu, residual_block
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -173,17 +173,16 @@ class VIPMT(nn.Module):
         return rearrange(upsampler(rearrange(logits, "b t k h w -> (b t) k h w")), "(b t) k h w -> b t k h w", b=batch)
 
     def score(self, query_features: Features, query_tokens: torch.Tensor, query_object: torch.Tensor,
-              support_tokens: torch.Tensor, support_object: torch.Tensor) -> torch.Tensor:
+              similarity: torch.Tensor) -> torch.Tensor:
         """Predicted IoU of each query frame.
 
-        query_features {'0'..'3'} [B,Tq,...]; query_tokens [B,Tq,hw,c] / support_tokens [B,Ts,hw,c]
-        pooled layer4; query_object [B,Tq,h,w] the predicted mask at feature size (argmax of the
-        final logits before upsampling); support_object [B,Ts,1,h,w] -> [B,Tq].
+        query_features {'0'..'3'} [B,Tq,...]; query_tokens [B,Tq,hw,c] pooled layer4;
+        query_object [B,Tq,h,w] the predicted mask at feature size (argmax of the final logits
+        before upsampling); similarity [B,Ts,Tq*hw] (`support_similarity`) -> [B,Tq].
         """
         batch, frames, _, h, w = query_features["3"].shape
         query_object = rearrange(query_object, "b t h w -> b t (h w)").float()
-        pfe = pfe_mask(query_tokens, query_object, support_tokens,
-                       rearrange(support_object, "b s 1 h w -> b s (h w)"))
+        pfe = pfe_mask(query_tokens, query_object, similarity)
         pfe = rearrange(pfe, "b t k (h w) -> (b t) k h w", h=h)
         levels = {k: rearrange(v, "b t c h w -> (b t) c h w") for k, v in query_features.items()}
         return rearrange(self.score_head(levels, pfe.to(levels["3"].dtype)), "(b t) -> b t", b=batch)
@@ -220,8 +219,9 @@ class VIPMT(nn.Module):
         size = (h, w)
         query = self.reduce_features(query_features, self.adjust_feature_qry)
         query_tokens = self.pooled_tokens(query_features)
-        prior = prior_map(query_tokens, support.tokens, rearrange(support.object, "b s 1 h w -> b s (h w)"))
-        prior = rearrange(prior, "b t (h w) -> b t 1 h w", h=h).to(query.dtype)
+        similarity = support_similarity(query_tokens, support.tokens,
+                                        rearrange(support.object, "b s 1 h w -> b s (h w)"))
+        prior = rearrange(prior_map(similarity, frames), "b t (h w) -> b t 1 h w", h=h).to(query.dtype)
 
         merged_query = self.merge_query(query, support.prototypes.mean(dim=1), prior)
         init_logits = self.initial_logits(merged_query)
@@ -236,7 +236,7 @@ class VIPMT(nn.Module):
 
         logits = self.output_logits(refined.query, batch)
         pred = self.upsample(self.upsample1, logits).argmax(dim=2)
-        score = self.score(query_features, query_tokens, logits.argmax(dim=2), support.tokens, support.object)
+        score = self.score(query_features, query_tokens, logits.argmax(dim=2), similarity)
         return ClipPrediction(logits=logits, init_logits=init_logits, pred=pred, score=score,
                               query_logits=refined.query_logits, support_logits=refined.support_logits,
                               cross_video_logits=refined.cross_video_logits)
