@@ -109,16 +109,18 @@ def _module_by_module(self, images):
     return levels
 
 
-def _concatenated_conv1x1(block, x, constant):
-    h, w = x.shape[-2:]
-    return block(torch.cat((x, repeat(constant, "n c -> n c h w", h=h, w=w)), dim=1))
+def _concatenated_conv1x1(block, parts):
+    """conv1x1_with_constants as the reference computes it: constants broadcast, then one conv."""
+    h, w = next(part for part in parts if part.dim() == 4).shape[-2:]
+    return block(torch.cat([part if part.dim() == 4 else repeat(part, "n c -> n c h w", h=h, w=w)
+                            for part in parts], dim=1))
 
 
 @contextlib.contextmanager
 def authors_computation():
     """Run VIPMT with the authors' arithmetic (see the module docstring) inside the block."""
     saved = (vipmt.VIPMT.predict_clip, transformer.PrototypeCrossAttention.forward,
-             transformer.conv1x1_with_constant, backbone.Backbone.forward)
+             transformer.conv1x1_with_constants, backbone.Backbone.forward)
 
     def predict_clip(model, query_features, support, support_mask=None, query_mask=None):
         assert isinstance(support, dict), "the authors' loop encodes supports from backbone features"
@@ -146,10 +148,11 @@ def authors_computation():
 
     vipmt.VIPMT.predict_clip = predict_clip
     transformer.PrototypeCrossAttention.forward = _token_side_attention
-    transformer.conv1x1_with_constant = _concatenated_conv1x1
+    transformer.conv1x1_with_constants = _concatenated_conv1x1
+    vipmt.conv1x1_with_constants = _concatenated_conv1x1
     backbone.Backbone.forward = _module_by_module
     try:
         yield
     finally:
         (vipmt.VIPMT.predict_clip, transformer.PrototypeCrossAttention.forward,
-         transformer.conv1x1_with_constant, backbone.Backbone.forward) = saved
+         transformer.conv1x1_with_constants, backbone.Backbone.forward) = saved

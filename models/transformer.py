@@ -119,17 +119,20 @@ def sine_position_encoding(ignore: torch.Tensor, channels: int) -> torch.Tensor:
     return rearrange(torch.cat((encode(y), encode(x)), dim=3), "n h w c -> n c h w")
 
 
-def conv1x1_with_constant(block: nn.Sequential, x: torch.Tensor, constant: torch.Tensor) -> torch.Tensor:
-    """`block(cat(x, constant broadcast over positions))` for a no-bias 1x1 conv + ReLU block,
-    without materialising the broadcast: the constant's part of the conv is a per-sample bias.
+def conv1x1_with_constants(block: nn.Sequential, parts: list[torch.Tensor]) -> torch.Tensor:
+    """`block(cat(parts))` for a no-bias 1x1 conv + ReLU block, where some parts are constant over
+    positions: given as [N,C_k] instead of [N,C_k,h,w], their share of the conv is a per-sample
+    bias and the broadcast is never materialised.
 
-    x [N,C1,h,w], constant [N,C2] -> [N,out,h,w].
+    parts: in channel order, each [N,C_k,h,w] or [N,C_k] -> [N,out,h,w].
     """
     conv, activation = block
-    weight = conv.weight[:, :, 0, 0]
-    channels = x.shape[1]
-    bias = constant @ weight[:, channels:].T                                       # [N,out]
-    return activation(F.conv2d(x, conv.weight[:, :channels]) + bias[:, :, None, None])
+    weights = conv.weight[:, :, 0, 0].split([part.shape[1] for part in parts], dim=1)
+    maps = [(part, weight) for part, weight in zip(parts, weights) if part.dim() == 4]
+    x = maps[0][0] if len(maps) == 1 else torch.cat([part for part, _ in maps], dim=1)
+    x = F.conv2d(x, torch.cat([weight for _, weight in maps], dim=1)[:, :, None, None])
+    bias = sum(part @ weight.T for part, weight in zip(parts, weights) if part.dim() == 2)
+    return activation(x + bias[:, :, None, None])
 
 
 def conv_relu(in_ch: int, out_ch: int, kernel: int) -> nn.Sequential:
@@ -215,7 +218,7 @@ class VIPMTTransformer(nn.Module):
 
     def _update_query(self, layer: int, query_map, frame_embedding, position, size):
         """query_map [N,C,h,w], frame_embedding [N,1,C], position [N,hw,C] -> tokens [N,hw,C]."""
-        x = conv1x1_with_constant(self.update_q[layer], query_map, frame_embedding[:, 0])
+        x = conv1x1_with_constants(self.update_q[layer], [query_map, frame_embedding[:, 0]])
         x = x + self.res_q[layer](x)
         tokens = rearrange(x, "n c h w -> n (h w) c")
         tokens = tokens + self.self_attn_drop(self.qry_self_layers[layer](tokens + position, size))

