@@ -99,7 +99,8 @@ class VideoSegmenter:
                 clip = model.predict_clip(features, support)
                 preds.append(clip.pred[0])
                 scores.append(clip.score[0].float())
-                if self.use_memory:
+                later_clips = start + self.clip_length < len(frames)
+                if self.use_memory and later_clips:
                     keep = (clip.score[0] >= self.memory_threshold).nonzero().flatten().tolist()
                     if keep:
                         kept = {k: v[:, keep] for k, v in features.items()}
