@@ -32,7 +32,7 @@ from dataset.transforms import TestTransform, letterbox_geometry
 from models import ModelError, VideoSegmenter, VIPMT
 from utils.checkpoint import CheckpointError, is_our_checkpoint, load_checkpoint, load_model_state
 from utils.fileio import atomic_write_json
-from utils.runtime import UserError, resolve_device, run_cli
+from utils.runtime import UserError, resolve_device, reuse_freed_memory, run_cli
 
 logger = logging.getLogger("predict")
 
@@ -203,4 +203,5 @@ def main(argv: Sequence[str]) -> int:
 
 
 if __name__ == "__main__":
+    reuse_freed_memory()    # inference re-allocates large buffers every clip (utils/runtime.py)
     sys.exit(run_cli(main, None, (UserError, ModelError, CheckpointError, DatasetError)))

@@ -34,7 +34,7 @@ from utils.checkpoint import CheckpointError, is_our_checkpoint, load_checkpoint
 from utils.fileio import atomic_write_json
 from utils.log import setup_logging
 from utils.metrics import FewShotEvaluator, jaccard
-from utils.runtime import UserError, resolve_device, run_cli, seed_everything
+from utils.runtime import UserError, resolve_device, reuse_freed_memory, run_cli, seed_everything
 from utils.visualize import save_video_visualisation
 
 logger = logging.getLogger("test")
@@ -214,4 +214,5 @@ def user_error_types():
 
 
 if __name__ == "__main__":
+    reuse_freed_memory()    # inference re-allocates large buffers every clip (utils/runtime.py)
     sys.exit(run_cli(main, None, user_error_types()))

@@ -10,6 +10,7 @@ memory frames), in one process, alternating, and the median of --repeats runs is
 * engine: `VideoSegmenter`, every frame's backbone features computed once.
 
     python benchmarks/engine_speed.py                    # CPU, float32
+    python benchmarks/engine_speed.py --reuse-freed-memory --skip authors recompute   # as test.py runs
     python benchmarks/engine_speed.py --device cuda --bf16
 """
 from __future__ import annotations
@@ -27,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.authors_loop import authors_computation  # noqa: E402
 from models import VIPMT, VideoSegmenter, segment_video_recompute  # noqa: E402
+from utils.runtime import reuse_freed_memory  # noqa: E402
 
 IMAGE_SIZE = (240, 424)
 AUTHORS = "authors' loop (their arithmetic)"
@@ -81,9 +83,13 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--bf16", action="store_true", help="also time the engine with bfloat16 autocast")
+    parser.add_argument("--reuse-freed-memory", action="store_true",
+                        help="keep freed buffers for reuse as test.py / predict.py do (affects every path)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["authors", "recompute"],
                         help="leave out slow baselines (the speed-up column then uses the first path timed)")
     args = parser.parse_args()
+    if args.reuse_freed_memory and not reuse_freed_memory():
+        parser.error("--reuse-freed-memory needs glibc")
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = VIPMT(backbone_weights=None, image_size=IMAGE_SIZE).to(device).eval()
@@ -110,7 +116,7 @@ def main() -> None:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     print(f"{args.frames} frames, 5 supports, {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}, memory on every clip; "
           f"{device.type} ({where}, {torch.get_num_threads()} threads), torch {torch.__version__}, "
-          f"median of {args.repeats}")
+          f"median of {args.repeats}{', freed memory reused' if args.reuse_freed_memory else ''}")
     print(f"| path | s / video | frames / s | speed-up | pixels differing from {base_name} | max score diff |")
     print("|---|---|---|---|---|---|")
     for name, values in times.items():

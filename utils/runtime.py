@@ -4,6 +4,8 @@ Imports neither ``models`` nor ``dataset``.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import random
 import sys
@@ -13,7 +15,7 @@ import numpy as np
 import torch
 
 __all__ = ["UserError", "EXIT_USER_ERROR", "EXIT_FAILURE", "resolve_device", "seed_everything",
-           "run_cli", "RANK_SEED_STRIDE"]
+           "run_cli", "RANK_SEED_STRIDE", "reuse_freed_memory"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +52,31 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2 ** 32))
     torch.manual_seed(seed)
+
+
+# glibc mallopt parameters (malloc.h) and the largest value they take (a C int).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_C_INT_MAX = 2 ** 31 - 1
+
+
+def reuse_freed_memory() -> bool:
+    """Let glibc's malloc keep freed memory for reuse instead of returning it to the system.
+
+    By default glibc gives blocks over 32 MB back on free, and the next allocation of the same
+    size is zero-filled again page by page. Video inference allocates such buffers for every
+    clip (backbone activations, score-head input): about 1.15 M page faults (4.6 GB) per
+    30-frame video at 240x424, ~5 % of the CPU engine's time. Process-wide, so only the
+    inference scripts call it. Returns False, changing nothing, where the C library is not glibc.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    return bool(mallopt(_M_TRIM_THRESHOLD, _C_INT_MAX)) and bool(mallopt(_M_MMAP_THRESHOLD, _C_INT_MAX))
 
 
 def run_cli(main: Callable[[Sequence[str]], int], argv: Sequence[str] | None,
