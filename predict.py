@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="model input size (default: the checkpoint's config, else 240 424)")
     parser.add_argument("--memory-threshold", type=float, default=0.8)
     parser.add_argument("--memory-size", type=int, default=5)
-    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="bfloat16 autocast (CUDA, or CPUs with AVX512-BF16: ~1.9x faster there)")
     parser.add_argument("--seed", type=int, default=42, help="seed of the memory-frame draws")
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="allow checkpoints with arbitrary pickled objects (files you trust only)")

@@ -89,7 +89,7 @@ def make_segmenter(model, cfg):
     from models import VideoSegmenter  # noqa: WPS433
 
     return VideoSegmenter(model, clip_length=cfg.clip_length, memory_threshold=cfg.memory_threshold,
-                          memory_size=cfg.memory_size)
+                          memory_size=cfg.memory_size, autocast_dtype=torch.bfloat16 if cfg.test_bf16 else None)
 
 
 # ================================================================ evaluation

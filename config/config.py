@@ -85,6 +85,7 @@ DEFAULTS = EasyDict(
         "memory_size": 5,                          # at most this many memory frames per clip
         "vc_window": 7,                            # VC_n window length
         "test_runs": 1,                            # repeat the test with seeds seed..seed+N-1
+        "test_bf16": False,                        # bfloat16 autocast in test.py (CUDA, or CPUs with AVX512-BF16)
         # ---- model -------------------------------------------------------------------
         "backbone_weights": "pretrain_model/resnet50_v2.pth",   # 'none' = random backbone
         # ---- run ---------------------------------------------------------------------

@@ -65,3 +65,12 @@ def test_authors_checkpoint_gives_the_same_numbers(setup):
     b = json.loads((root / "b.json").read_text())
     assert a["aggregate"]["mean"] == b["aggregate"]["mean"]
     assert "authors'" in b["checkpoint"] and "ours" in a["checkpoint"]
+
+
+def test_bf16_config_key_switches_the_engine_to_bfloat16_autocast():
+    from models import VIPMT
+
+    model = VIPMT(backbone_weights=None, image_size=(64, 64))
+    for values, dtype in (({}, None), ({"test_bf16": True}, torch.bfloat16)):
+        cfg = test_script.resolve_config({}, dict(values, image_size=[64, 64]))
+        assert test_script.make_segmenter(model, cfg).autocast_dtype == dtype
