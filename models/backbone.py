@@ -7,7 +7,7 @@ the layer assembly (which torchvision hard-codes to a 64-channel stem) are writt
 
 The forward pass folds every frozen batch norm into the convolution before it (one conv with
 a bias instead of a conv and a per-channel affine pass) and runs in channels-last memory
-format: about 20 % less time on CPU (1.88 s instead of 2.43 s for five 240x424 frames, 2
+format: about 18 % less time on CPU (2.0 s instead of 2.43 s for five 240x424 frames, 2
 cores), the same numbers up to float rounding (the golden cases check it).
 """
 from __future__ import annotations
