@@ -40,7 +40,7 @@ from config import (ConfigError, apply_overrides, config_to_dict, dataset_root, 
 from utils import distributed as du
 from utils.checkpoint import (CheckpointError, capture_rng_state, is_our_checkpoint, load_checkpoint,
                               load_model_state, restore_rng_state, save_checkpoint)
-from utils.fileio import atomic_copy
+from utils.fileio import atomic_copy, remove_stale_temporaries
 from utils.log import setup_logging
 from utils.metrics import FewShotEvaluator
 from utils.runtime import (EXIT_FAILURE, RANK_SEED_STRIDE, UserError, resolve_device, run_cli,
@@ -467,14 +467,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def remove_stale_temporaries(run_dir: str) -> None:
-    """Delete half-written checkpoint temporaries a killed run left behind (never read anyway)."""
-    for name in os.listdir(run_dir):
-        if name.startswith(".") and (".pth.tmp" in name or name.startswith(f".{CONFIG_FILE}.tmp")):
-            os.unlink(os.path.join(run_dir, name))
-            logger.info("removed %s (a write interrupted by an earlier crash)", name)
-
-
 def find_resume_checkpoint(args, cfg) -> str:
     if not args.resume_from:
         path = os.path.join(run_directory(cfg), LAST_CHECKPOINT)
@@ -528,8 +520,8 @@ def main(argv: Sequence[str]) -> int:
         du.barrier()
         setup_logging(os.path.join(run_dir, LOG_FILE), rank=dist_info.rank)
         if dist_info.is_main:
-            remove_stale_temporaries(run_dir)
-        if dist_info.is_main:
+            for name in remove_stale_temporaries(run_dir):
+                logger.info("removed %s (a write interrupted by an earlier crash)", name)
             save_config(cfg, os.path.join(run_dir, CONFIG_FILE))
         logger.info("run directory %s; command: %s", run_dir, " ".join([os.path.basename(sys.argv[0])] + list(argv)))
         trainer = Trainer(cfg, dist_info, device, run_dir, resume_ckpt)

@@ -151,3 +151,15 @@ def test_atomic_copy_is_a_snapshot(tmp_path):
     atomic_copy(str(src), str(dst))               # and a copy can replace an older one
     assert dst.read_text() == "epoch 2"
     assert sorted(os.listdir(tmp_path)) == ["best.pth", "last.pth"]
+
+
+def test_remove_stale_temporaries_deletes_only_interrupted_writes(tmp_path):
+    from utils.fileio import remove_stale_temporaries
+
+    atomic_write_text(str(tmp_path / "config.yaml"), "a: 1\n")
+    stale = [".last.pth.tmp4242_0123abcd", ".config.yaml.tmp7_ffffffff"]
+    kept = ["last.pth", ".hidden", ".notes.tmp", "config.yaml"]
+    for name in stale + kept[:3]:
+        (tmp_path / name).write_bytes(b"x")
+    assert remove_stale_temporaries(str(tmp_path)) == sorted(stale)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)

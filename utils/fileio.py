@@ -11,11 +11,28 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import secrets
 import shutil
 from typing import Any, Callable
 
-__all__ = ["atomic_copy", "atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_torch_save"]
+__all__ = ["atomic_copy", "atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_torch_save",
+           "remove_stale_temporaries"]
+
+_TEMP_NAME = re.compile(r"^\..+\.tmp\d+_[0-9a-f]{8}$")     # .<name>.tmp<pid>_<8 hex digits>
+
+
+def _temp_path(directory: str, name: str) -> str:
+    """A fresh hidden temporary name next to the destination `name` (matches _TEMP_NAME)."""
+    return os.path.join(directory, f".{name}.tmp{os.getpid()}_{secrets.token_hex(4)}")
+
+
+def remove_stale_temporaries(directory: str) -> list:
+    """Delete the temporaries that writes killed mid-way (kill -9) left in `directory`; returns their names."""
+    stale = sorted(name for name in os.listdir(directory) if _TEMP_NAME.match(name))
+    for name in stale:
+        os.unlink(os.path.join(directory, name))
+    return stale
 
 
 def _fsync_directory(directory: str) -> None:
@@ -35,7 +52,7 @@ def _create_temp(directory: str, name: str) -> "tuple[int, str]":
     """A new hidden file next to the destination, with the umask's usual permissions
     (``tempfile.mkstemp`` would make it private, 0600)."""
     for _ in range(100):
-        tmp = os.path.join(directory, f".{name}.tmp{os.getpid()}_{secrets.token_hex(4)}")
+        tmp = _temp_path(directory, name)
         try:
             return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
         except FileExistsError:
@@ -94,7 +111,7 @@ def atomic_copy(src: str, dst: str) -> str:
     """
     directory = os.path.dirname(os.path.abspath(dst))
     os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(dst)}.tmp{os.getpid()}_{secrets.token_hex(4)}")
+    tmp = _temp_path(directory, os.path.basename(dst))
     try:
         os.link(src, tmp)
     except OSError:
