@@ -104,7 +104,8 @@ class VideoSegmenter:
                     keep = (clip.score[0] >= self.memory_threshold).nonzero().flatten().tolist()
                     if keep:
                         kept = {k: v[:, keep] for k, v in features.items()}
-                        encoded = model.encode_support(kept, clip.pred[:, keep, None])
+                        encoded = model.encode_support(kept, clip.pred[:, keep, None],
+                                                       tokens=clip.query_tokens[:, keep])
                         reliable.extend(encoded.select([i]) for i in range(len(keep)))
                 if progress is not None:
                     progress(min(start + self.clip_length, len(frames)))

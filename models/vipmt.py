@@ -43,6 +43,7 @@ class ClipPrediction:
     init_logits: torch.Tensor       # initial class logits [B,Tq,2,h,w]
     pred: torch.Tensor              # int64 [B,Tq,H,W]
     score: torch.Tensor             # predicted IoU [B,Tq]
+    query_tokens: torch.Tensor      # channel-pooled layer4 tokens [B,Tq,hw,c] (reused for memory frames)
     query_logits: list              # transformer query maps, 10 x [B,Tq,h,w]
     support_logits: list            # transformer support maps, 5 x [B,Ts,h,w]
     cross_video_logits: torch.Tensor  # [B, 5*(B-1), Tq, h, w]
@@ -191,10 +192,12 @@ class VIPMT(nn.Module):
         return rearrange(self.score_head(levels, pfe.to(levels["3"].dtype)), "(b t) -> b t", b=batch)
 
     # ------------------------------------------------------------------ composition
-    def encode_support(self, support_features: Features, support_mask: torch.Tensor) -> "SupportEncoding":
+    def encode_support(self, support_features: Features, support_mask: torch.Tensor,
+                       tokens: torch.Tensor | None = None) -> "SupportEncoding":
         """Everything the model derives from each support (or memory) frame on its own.
 
-        support_features [B,Ts,...] backbone features, support_mask [B,Ts,1,H,W] 0/1. The result
+        support_features [B,Ts,...] backbone features, support_mask [B,Ts,1,H,W] 0/1, tokens
+        [B,Ts,hw,c] the frames' pooled layer4 tokens if already computed (memory frames). The result
         is per frame, so encodings of different frames can be concatenated (`SupportEncoding.cat`):
         the video engine encodes supports once and each memory frame once.
         """
@@ -204,7 +207,7 @@ class VIPMT(nn.Module):
         frame_prototypes = self.frame_prototypes(reduced, support_object)
         return SupportEncoding(object=support_object, prototypes=frame_prototypes,
                                features=self.merge_support(reduced, frame_prototypes),
-                               tokens=self.pooled_tokens(support_features))
+                               tokens=self.pooled_tokens(support_features) if tokens is None else tokens)
 
     def predict_clip(self, query_features: Features, support: "SupportEncoding | Features",
                      support_mask: torch.Tensor | None = None,
@@ -240,7 +243,7 @@ class VIPMT(nn.Module):
         logits = self.output_logits(refined.query, batch)
         pred = self.upsample(self.upsample1, logits).argmax(dim=2)
         score = self.score(query_features, query_tokens, logits.argmax(dim=2), similarity)
-        return ClipPrediction(logits=logits, init_logits=init_logits, pred=pred, score=score,
+        return ClipPrediction(logits=logits, init_logits=init_logits, pred=pred, score=score, query_tokens=query_tokens,
                               query_logits=refined.query_logits, support_logits=refined.support_logits,
                               cross_video_logits=refined.cross_video_logits)
 
