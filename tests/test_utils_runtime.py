@@ -29,9 +29,8 @@ def page_faults():
         del buffer
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
-for _ in range(3):                  # glibc settles on where the buffers live
-    page_faults()
-print(page_faults(), changed)
+rounds = [page_faults() for _ in range(8)]   # glibc takes up to 4 rounds to settle where they live
+print(max(rounds[-3:]), changed)
 """
 
 
@@ -50,5 +49,5 @@ def test_freed_buffers_are_reused_without_page_faults():
     reused, changed = page_faults("reuse")
     if changed == "False":
         pytest.skip("the C library is not glibc")
-    assert default > PAGES_PER_ROUND // 2       # every round zero-fills the buffers again
+    assert default > PAGES_PER_ROUND // 2       # every round zero-fills the buffers again (worst of the last 3)
     assert reused < PAGES_PER_ROUND // 20
