@@ -162,4 +162,4 @@ def test_remove_stale_temporaries_deletes_only_interrupted_writes(tmp_path):
     for name in stale + kept[:3]:
         (tmp_path / name).write_bytes(b"x")
     assert remove_stale_temporaries(str(tmp_path)) == sorted(stale)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept + [".lock"])   # the run lock's file

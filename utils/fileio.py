@@ -28,7 +28,22 @@ def _temp_path(directory: str, name: str) -> str:
 
 
 def remove_stale_temporaries(directory: str) -> list:
-    """Delete the temporaries that writes killed mid-way (kill -9) left in `directory`; returns their names."""
+    """Delete the temporaries that writes killed mid-way (kill -9) left in `directory`; returns their names.
+
+    A write in progress looks exactly like an interrupted one, so this runs only under the
+    directory's run lock (:mod:`utils.runlock`): the one this process holds, else one taken for
+    the moment of the deletion, which is refused (RunLockError, naming the holder's pid and
+    host) while another process holds it.
+    """
+    from .runlock import RunLock, held_run_lock  # noqa: WPS433 - runlock imports this module (and torch)
+
+    if held_run_lock(directory) is not None:
+        return _remove_temporaries(directory)
+    with RunLock(directory):
+        return _remove_temporaries(directory)
+
+
+def _remove_temporaries(directory: str) -> list:
     stale = sorted(name for name in os.listdir(directory) if _TEMP_NAME.match(name))
     for name in stale:
         os.unlink(os.path.join(directory, name))

@@ -1,0 +1,187 @@
+"""One training process per run directory: an OS lock on ``<run_dir>/.lock``.
+
+    with RunLock(run_dir) as lock:          # UserError (exit 2) if another process holds it
+        lock.remove_stale_temporaries()     # only the holder may delete interrupted writes
+        ...train...
+
+The lock is ``fcntl.flock`` on the file ``.lock``: the kernel releases it when the holding
+process ends in any way (return, exception, kill -9, power loss of a client on NFSv4, where
+Linux maps flock to a byte-range lock), so there is never a stale lock to delete by hand. The
+file also records the holder's pid, host, start time and command, which the refusal names;
+that record is informative only, the kernel lock alone decides. The file is never deleted or
+replaced (a new inode would let a second process lock it while the first still holds the old
+one). Forked children (DataLoader workers) share the lock; they end with their parent.
+
+Deleting the hidden temporaries that killed writes leave behind is only safe while no other
+process writes in the directory, so :func:`utils.fileio.remove_stale_temporaries` runs under
+this lock: the process's held lock of that directory, or a lock taken for the moment of the
+deletion (and refused, naming the holder, while another process holds it).
+
+DDP (torchrun): one lock per run, held by rank 0 for all ranks. Rank 0 (``RANK`` 0 in the
+environment, or no ``RANK``) enters ``RunLock(run_dir)`` before ``init_distributed`` so that a
+refusal ends the job before the other ranks wait on it; the other ranks take no lock and never
+call ``remove_stale_temporaries`` (which would try to take the lock and be refused).
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from typing import Any, Dict, List, Optional
+
+from . import fileio
+from .runtime import UserError
+
+__all__ = ["LOCK_FILE", "RunLock", "RunLockError", "held_run_lock", "read_holder"]
+
+LOCK_FILE = ".lock"
+# A holder writes its record right after locking; a reader that finds the file empty in that
+# instant waits this long for the record before reporting the holder as unknown.
+HOLDER_RECORD_WAIT_S = 1.0
+HOLDER_RECORD_POLL_S = 0.05
+
+# Run directories (real paths) whose lock this process holds -> the RunLock holding it.
+_HELD: Dict[str, "RunLock"] = {}
+_HELD_GUARD = threading.Lock()
+
+
+class RunLockError(UserError):
+    """The run directory is locked by another process (the message names its pid and host)."""
+
+
+def _key(run_dir: str) -> str:
+    return os.path.realpath(run_dir)
+
+
+def held_run_lock(run_dir: str) -> Optional["RunLock"]:
+    """The RunLock of ``run_dir`` that this process holds, or None."""
+    with _HELD_GUARD:
+        return _HELD.get(_key(run_dir))
+
+
+def read_holder(run_dir: str) -> Optional[Dict[str, Any]]:
+    """The holder record of ``<run_dir>/.lock`` (pid, host, since, command), or None if unreadable.
+
+    Informative only: a record may be left by a process that has ended.
+    """
+    try:
+        with open(os.path.join(run_dir, LOCK_FILE), encoding="utf-8") as f:
+            text = f.read()
+        record = json.loads(text) if text.strip() else None
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _describe(record: Optional[Dict[str, Any]]) -> str:
+    if not record:
+        return "a process whose pid and host are unknown (it has not written its record yet)"
+    text = f"pid {record.get('pid', '?')} on host {record.get('host', '?')}"
+    if record.get("since"):
+        text += f", since {record['since']}"
+    if record.get("command"):
+        text += f", command: {record['command']}"
+    return text
+
+
+class RunLock:
+    """Exclusive, crash-safe lock of one run directory (see the module docstring).
+
+    ``acquire()`` (or ``with RunLock(run_dir) as lock:``) creates ``run_dir`` if needed, locks
+    ``<run_dir>/.lock`` without waiting and writes the holder record; it raises
+    :class:`RunLockError` (a :class:`UserError`) naming the directory and the holder's pid and
+    host when another process holds it. ``release()`` is idempotent.
+    """
+
+    def __init__(self, run_dir: str):
+        self.run_dir = os.fspath(run_dir)
+        self.path = os.path.join(self.run_dir, LOCK_FILE)
+        self._fd: Optional[int] = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> "RunLock":
+        if self.held:
+            raise RuntimeError(f"RunLock of {self.run_dir!r} is already held by this object")
+        other = held_run_lock(self.run_dir)
+        if other is not None:
+            raise RunLockError(f"run directory {self.run_dir!r} is already locked by this process "
+                               f"(pid {os.getpid()}); a run directory serves one run at a time")
+        try:
+            os.makedirs(self.run_dir, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise UserError(f"cannot create the lock file {self.path!r}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise UserError(f"cannot lock {self.path!r}: {exc.strerror}") from None
+            raise RunLockError(
+                f"run directory {self.run_dir!r} is in use by another process: "
+                f"{_describe(self._wait_for_record())}. Wait for that run to finish or stop it, "
+                f"or choose another --run-name / --output-dir.") from None
+        self._fd = fd
+        try:
+            self._write_record()
+        except BaseException:
+            self.release()
+            raise
+        with _HELD_GUARD:
+            _HELD[_key(self.run_dir)] = self
+        return self
+
+    def _wait_for_record(self) -> Optional[Dict[str, Any]]:
+        deadline = time.monotonic() + HOLDER_RECORD_WAIT_S
+        while True:
+            record = read_holder(self.run_dir)
+            if record is not None or time.monotonic() >= deadline:
+                return record
+            time.sleep(HOLDER_RECORD_POLL_S)
+
+    def _write_record(self) -> None:
+        """Rewrite the record in place (same inode: the lock belongs to this file)."""
+        record = {"pid": os.getpid(), "host": socket.gethostname(),
+                  "since": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+                  "command": " ".join([os.path.basename(sys.argv[0] or "python")] + sys.argv[1:])}
+        data = (json.dumps(record) + "\n").encode("utf-8")
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, data, 0)
+        os.fsync(self._fd)
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        with _HELD_GUARD:
+            if _HELD.get(_key(self.run_dir)) is self:
+                del _HELD[_key(self.run_dir)]
+        fd, self._fd = self._fd, None
+        try:
+            os.ftruncate(fd, 0)           # no record of a holder that has gone
+        except OSError:
+            pass
+        finally:
+            os.close(fd)                  # closing the last descriptor releases the flock
+
+    def remove_stale_temporaries(self) -> List[str]:
+        """Delete the temporaries that killed writes left in the run directory; returns their names."""
+        if not self.held:
+            raise RuntimeError(f"remove_stale_temporaries: the lock of {self.run_dir!r} is not held")
+        return fileio.remove_stale_temporaries(self.run_dir)
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        return f"RunLock({self.run_dir!r}, held={self.held})"
