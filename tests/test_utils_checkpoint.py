@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from utils.checkpoint import (CheckpointError, capture_rng_state, load_checkpoint, load_model_state,
-                              restore_rng_state, save_checkpoint)
+from utils.checkpoint import (CheckpointError, capture_rng_state, corruption_reason, load_checkpoint,
+                              load_model_state, restore_rng_state, save_checkpoint)
 from utils.fileio import atomic_copy, atomic_write, atomic_write_text
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -130,7 +130,7 @@ def test_missing_truncated_and_unsafe_files(tmp_path):
     torch.save({"state_dict": Tiny().state_dict()}, good)
     truncated = tmp_path / "trunc.pth"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    with pytest.raises(CheckpointError, match="trunc.pth.*could not be read"):
+    with pytest.raises(CheckpointError, match="trunc.pth.*corrupt or truncated"):
         load_checkpoint(str(truncated))
     unsafe = tmp_path / "unsafe.pth"
     torch.save({"state_dict": Tiny().state_dict(), "args": Tiny}, unsafe)
@@ -140,6 +140,62 @@ def test_missing_truncated_and_unsafe_files(tmp_path):
     torch.save({"weights": [1, 2]}, tmp_path / "other.pth")
     with pytest.raises(CheckpointError, match="no 'state_dict'.*weights"):
         load_checkpoint(str(tmp_path / "other.pth"))
+
+
+def _real_checkpoint(path):
+    """One of our checkpoints (model, Adam state, RNG, config), as train.py writes them."""
+    torch.manual_seed(0)
+    model = Tiny()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.head(model.conv(torch.randn(1, 3, 5, 5)).mean((2, 3))).sum().backward()
+    opt.step()
+    return save_checkpoint(str(path), model=model, optimizer=opt, epoch=1, config={"lr": 1e-3})
+
+
+def _assert_corrupt(path, fragment):
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(str(path))
+    message = str(err.value)
+    assert f"checkpoint {str(path)!r} is corrupt or truncated" in message and fragment in message
+    assert "--trust-checkpoint" not in message and "other than tensors" not in message
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.99, 100])
+def test_truncated_checkpoint_is_diagnosed_as_truncated(tmp_path, keep):
+    data = open(_real_checkpoint(tmp_path / "full.pth"), "rb").read()
+    cut = int(len(data) * keep) if keep < 1 else keep
+    (tmp_path / "cut.pth").write_bytes(data[:cut])
+    _assert_corrupt(tmp_path / "cut.pth", f"the file ({cut} bytes) was cut short")
+
+
+def test_random_bytes_and_empty_files_are_diagnosed_as_corrupt(tmp_path):
+    (tmp_path / "noise.pth").write_bytes(np.random.default_rng(0).bytes(50_000))
+    _assert_corrupt(tmp_path / "noise.pth", "neither a zip archive nor a pickle stream")
+    (tmp_path / "empty.pth").write_bytes(b"")
+    _assert_corrupt(tmp_path / "empty.pth", "the file is empty (0 bytes)")
+
+
+def test_legacy_format_truncated_or_unsafe(tmp_path):
+    legacy = tmp_path / "legacy.pth"
+    torch.save({"state_dict": Tiny().state_dict()}, legacy, _use_new_zipfile_serialization=False)
+    assert corruption_reason(str(legacy)) is None and "state_dict" in load_checkpoint(str(legacy))
+    data = legacy.read_bytes()
+    for cut in (len(data) - 8, 60):         # inside the storages; inside the object record
+        (tmp_path / "cut.pth").write_bytes(data[:cut])
+        _assert_corrupt(tmp_path / "cut.pth", "")
+    unsafe = tmp_path / "unsafe_legacy.pth"
+    torch.save({"state_dict": Tiny().state_dict(), "args": Tiny}, unsafe, _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointError, match="--trust-checkpoint"):
+        load_checkpoint(str(unsafe))
+
+
+def test_damaged_archive_member_is_found_by_its_crc(tmp_path):
+    path = _real_checkpoint(tmp_path / "c.pth")
+    assert corruption_reason(path) is None
+    data = bytearray(open(path, "rb").read())
+    data[len(data) // 2] ^= 0xFF            # a flipped byte inside a tensor: torch.load does not notice
+    (tmp_path / "flipped.pth").write_bytes(bytes(data))
+    assert "fails its CRC check" in corruption_reason(str(tmp_path / "flipped.pth"))
 
 
 def test_atomic_copy_is_a_snapshot(tmp_path):

@@ -18,10 +18,14 @@ a model and reports every missing, unexpected or wrongly shaped parameter by nam
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 import pickle
+import pickletools
 import random
+import zipfile
+import zlib
 from collections import OrderedDict
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
@@ -42,6 +46,7 @@ __all__ = [
     "load_checkpoint",
     "load_model_state",
     "is_our_checkpoint",
+    "corruption_reason",
 ]
 
 logger = logging.getLogger(__name__)
@@ -50,6 +55,8 @@ CHECKPOINT_FORMAT = "vipmt-checkpoint"
 CHECKPOINT_VERSION = 1
 PARALLEL_PREFIX = "module."      # added by DataParallel / DistributedDataParallel
 MAX_NAMES_IN_MESSAGE = 20        # longer key lists are cut, with a count of the rest
+ZIP_LOCAL_HEADER = b"PK\x03\x04"   # the first bytes of a zip archive (torch.save's format since 1.6)
+LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C   # the first pickle of the legacy torch.save format
 
 
 class CheckpointError(ValueError):
@@ -176,16 +183,8 @@ def load_checkpoint(path: str, map_location: Any = "cpu", trusted: bool = False)
         raise CheckpointError(f"checkpoint {path!r} does not exist")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=not trusted)
-    except pickle.UnpicklingError as exc:
-        if trusted:
-            raise CheckpointError(f"checkpoint {path!r} could not be read: {exc}") from None
-        raise CheckpointError(
-            f"checkpoint {path!r} holds objects other than tensors and plain containers, so it "
-            f"was not loaded (safe mode). If you trust the file, pass --trust-checkpoint. "
-            f"Detail: {str(exc).splitlines()[0]}") from None
-    except Exception as exc:  # noqa: BLE001 - truncated zip, wrong format, ...
-        raise CheckpointError(f"checkpoint {path!r} could not be read (truncated or not a "
-                              f"PyTorch file?): {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one CheckpointError
+        raise _unreadable(path, exc, trusted) from None
     if isinstance(obj, Mapping) and "state_dict" in obj:
         if not _is_state_dict(obj["state_dict"]):
             raise CheckpointError(f"checkpoint {path!r}: 'state_dict' is not a mapping of "
@@ -200,6 +199,79 @@ def load_checkpoint(path: str, map_location: Any = "cpu", trusted: bool = False)
     keys = list(obj.keys())[:MAX_NAMES_IN_MESSAGE] if isinstance(obj, Mapping) else type(obj).__name__
     raise CheckpointError(f"checkpoint {path!r} has no 'state_dict' (found: {keys}); expected "
                           f"our checkpoint or the authors' {{'state_dict': ...}} file")
+
+
+def _unreadable(path: str, exc: Exception, trusted: bool) -> CheckpointError:
+    """The error for a file torch.load refused: damage first, then the safe-mode refusal."""
+    detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    try:
+        damage = corruption_reason(path)
+    except OSError as err:
+        return CheckpointError(f"checkpoint {path!r} could not be read: {err.strerror}")
+    if damage is None and (isinstance(exc, EOFError) or "unexpected EOF" in detail):
+        damage = f"the data ends early ({detail.rstrip('.')})"     # legacy format: storages cut short
+    if damage is not None:
+        return CheckpointError(
+            f"checkpoint {path!r} is corrupt or truncated: {damage}. Copy or download it again "
+            f"(checkpoints are written atomically, so an interrupted copy or download is the usual cause).")
+    if isinstance(exc, pickle.UnpicklingError) and not trusted:
+        return CheckpointError(
+            f"checkpoint {path!r} holds objects other than tensors and plain containers, so it "
+            f"was not loaded (safe mode). If you trust the file, pass --trust-checkpoint. "
+            f"Detail: {detail}")
+    return CheckpointError(f"checkpoint {path!r} could not be read: {detail}")
+
+
+def corruption_reason(path: str) -> Optional[str]:
+    """Why ``path`` is not an intact PyTorch file (empty, cut short, damaged), or None if it is.
+
+    Checks structure only and never unpickles (no code from the file runs): the zip format's
+    end record and member CRCs and a complete ``data.pkl`` pickle stream; for the legacy
+    (pre-1.6) format, PyTorch's magic number and complete header and object pickles.
+    """
+    size = os.path.getsize(path)
+    if size == 0:
+        return "the file is empty (0 bytes)"
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                bad_member = archive.testzip()
+                if bad_member is not None:
+                    return f"archive member {bad_member!r} fails its CRC check"
+                pickles = [n for n in archive.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
+                if not pickles:
+                    return "the zip archive holds no data.pkl (it is not a PyTorch file)"
+                data = archive.read(pickles[0])
+        except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as err:
+            return f"the zip archive is damaged ({err})"
+        return _pickle_damage(io.BytesIO(data), "its data.pkl")
+    with open(path, "rb") as f:
+        head = f.read(len(ZIP_LOCAL_HEADER))
+        if head == ZIP_LOCAL_HEADER:
+            return f"the zip archive has no end record: the file ({size} bytes) was cut short"
+        f.seek(0)
+        try:
+            ops = list(pickletools.genops(f))
+        except Exception:  # noqa: BLE001 - genops raises ValueError and others on garbage
+            return f"it is neither a zip archive nor a pickle stream ({size} bytes of other data)"
+        numbers = [arg for op, arg, _pos in ops if op.name not in ("PROTO", "STOP")]
+        if numbers != [LEGACY_MAGIC_NUMBER]:
+            return "it does not start with PyTorch's magic number (not a PyTorch file)"
+        for part in ("the protocol record", "the system record", "the object record"):
+            damage = _pickle_damage(f, part)
+            if damage is not None:
+                return damage
+    return None
+
+
+def _pickle_damage(stream: "io.BufferedIOBase", what: str) -> Optional[str]:
+    """None if ``stream`` holds one complete pickle (read up to its STOP), else what is wrong."""
+    try:
+        for _op in pickletools.genops(stream):
+            pass
+    except Exception as err:  # noqa: BLE001 - ValueError (cut short, unknown opcode) and others
+        return f"{what} is incomplete or damaged ({err})"
+    return None
 
 
 def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str = PARALLEL_PREFIX) -> "OrderedDict[str, torch.Tensor]":
