@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 from typing import Any, Iterable, Mapping
 
@@ -250,18 +251,30 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
             f"query_frames={cfg['query_frames']} must be a multiple of clip_length="
             f"{cfg['clip_length']} (training cuts the query into whole clips)"
         )
+    for key, default in DEFAULTS.items():       # nan passes every comparison below: reject it first
+        values = cfg[key] if isinstance(default, (list, tuple)) else [cfg[key]]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise ConfigError(f"{key}={_show(cfg[key])}: expected a finite number (not nan or inf)")
     if cfg["lr"] <= 0:
-        raise ConfigError(f"lr={cfg['lr']}: expected > 0")
-    if cfg["weight_decay"] < 0 or cfg["grad_clip"] < 0:
-        raise ConfigError("weight_decay and grad_clip must be >= 0")
+        raise ConfigError(f"lr={_show(cfg['lr'])}: expected a learning rate > 0")
+    for key in ("weight_decay", "grad_clip"):
+        if cfg[key] < 0:
+            raise ConfigError(f"{key}={_show(cfg[key])}: expected >= 0")
     for beta in cfg["betas"]:
         if not 0.0 <= beta < 1.0:
-            raise ConfigError(f"betas={cfg['betas']}: each must be in [0, 1)")
+            raise ConfigError(f"betas={_show(cfg['betas'])}: each must be in [0, 1)")
     if not 0.0 <= cfg["memory_threshold"] <= 1.0:
         raise ConfigError(f"memory_threshold={cfg['memory_threshold']}: expected a value in [0, 1]")
     for key in ("loss_weight_main", "loss_weight_aux", "loss_weight_contrast", "loss_weight_score"):
         if cfg[key] < 0:
             raise ConfigError(f"{key}={cfg[key]}: expected >= 0")
+
+
+def _show(value: Any) -> str:
+    """A value as it is written on the command line (lists as a,b)."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
 
 
 def config_to_dict(cfg: Mapping[str, Any]) -> dict:

@@ -64,6 +64,41 @@ def test_bad_overrides_raise_one_clear_error(override, fragment):
     assert fragment in str(err.value)
 
 
+@pytest.mark.parametrize("override, fragment", [
+    ("lr=nan", "lr=nan: expected a finite number"),
+    ("lr=inf", "lr=inf: expected a finite number"),
+    ("lr=-inf", "lr=-inf: expected a finite number"),
+    ("lr=0", "lr=0.0: expected a learning rate > 0"),
+    ("lr=-1e-4", "lr=-0.0001: expected a learning rate > 0"),
+    ("weight_decay=nan", "weight_decay=nan: expected a finite number"),
+    ("weight_decay=inf", "weight_decay=inf: expected a finite number"),
+    ("weight_decay=-1e-5", "weight_decay=-1e-05: expected >= 0"),
+    ("grad_clip=-1", "grad_clip=-1.0: expected >= 0"),
+    ("betas=0.9,nan", "betas=0.9,nan: expected a finite number"),
+    ("betas=0.9,inf", "betas=0.9,inf: expected a finite number"),
+    ("betas=0.9,1.0", "betas=0.9,1.0: each must be in [0, 1)"),
+    ("betas=-0.1,0.999", "betas=-0.1,0.999: each must be in [0, 1)"),
+    ("memory_threshold=nan", "memory_threshold=nan: expected a finite number"),
+    ("loss_weight_aux=inf", "loss_weight_aux=inf: expected a finite number"),
+])
+def test_optimizer_values_must_be_finite_and_in_range(override, fragment):
+    with pytest.raises(ConfigError) as err:
+        apply_overrides(get_config(), [override])
+    assert fragment in str(err.value)
+
+
+def test_finite_edge_values_are_accepted():
+    c = apply_overrides(get_config(), ["weight_decay=0", "betas=0,0.999999", "lr=1e-12"])
+    assert c.weight_decay == 0.0 and c.betas == [0.0, 0.999999] and c.lr == 1e-12
+
+
+def test_non_finite_values_in_a_config_file_are_rejected(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("lr: .nan\n")                 # YAML's nan
+    with pytest.raises(ConfigError, match="c.yaml.*lr=nan: expected a finite number"):
+        load_config_file(str(p))
+
+
 def test_update_config_rejects_wrong_python_types():
     with pytest.raises(ConfigError, match="expected int"):
         update_config(get_config(), {"epochs": "3"})
