@@ -42,6 +42,8 @@ KEY_HELP = {
     "episodes_per_class": "training episodes per class per epoch",
     "val_episodes_per_class": "validation episodes per class",
     "num_workers": "DataLoader worker processes",
+    "check_data": "before training, decode every frame and mask the train and val splits use "
+                  "and list all bad files (python -m dataset.check)",
     "epochs": "training epochs",
     "batch_size": "episodes per batch (per process under DDP)",
     "val_batch_size": "validation episodes per batch",

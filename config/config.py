@@ -68,6 +68,7 @@ DEFAULTS = EasyDict(
         "episodes_per_class": 100,                 # training episodes per class per epoch
         "val_episodes_per_class": 50,              # validation episodes per class
         "num_workers": 4,                          # DataLoader worker processes
+        "check_data": False,                       # decode every frame and mask of train/val first (dataset.check)
         # ---- optimisation ------------------------------------------------------------
         "epochs": 100,
         "batch_size": 4,                           # per process (DDP: per GPU)

@@ -1,0 +1,109 @@
+"""The dataset pre-flight: every bad frame and mask of the used splits, reported in one run."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dataset import DatasetError, build_dataset, write_synthetic_vspw, write_synthetic_youtube_vis
+from dataset.check import BadFile, check_dataset, find_bad_files, main, raise_if_bad
+
+
+@pytest.fixture(scope="module")
+def vspw_clean(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("vspw") / "VSPW_480p")
+    return write_synthetic_vspw(root, seed=1, val_videos_per_class=2, train_videos_per_class=1,
+                                frames_per_video=2, frame_size=(64, 112))
+
+
+@pytest.fixture(scope="module")
+def ytvis_clean(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("ytvis") / "ytvis")
+    return write_synthetic_youtube_vis(root, seed=1, videos_per_class=2, frames_per_video=3,
+                                       frame_size=(64, 64), num_categories=4)
+
+
+def listed_frames(root: str, split: str, fold: int):
+    with open(os.path.join(root, "lists", "nminivspw_pascal", f"{split}_{fold}.txt")) as f:
+        return [line.split()[1] for line in f if line.strip()]      # <video>/mask/<frame>.png
+
+
+def truncate(path: str) -> None:
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+
+
+def test_truncated_jpeg_and_corrupt_png_mask_are_both_reported(vspw_clean, tmp_path, capsys):
+    root = str(tmp_path / "VSPW_480p")
+    shutil.copytree(vspw_clean, root)
+    assert main(["--dataset", "minivspw", "--data-root", root, "--group", "1"]) == 0
+    capsys.readouterr()
+    training_videos = {m.split("/")[0] for split in ("train", "val") for m in listed_frames(root, split, 0)}
+    test_mask = next(m for m in listed_frames(root, "test", 0) if m.split("/")[0] not in training_videos)
+    train_mask = listed_frames(root, "train", 0)[-1]
+    jpeg = os.path.join(root, "data", train_mask.replace("/mask/", "/origin/").replace(".png", ".jpg"))
+    png = os.path.join(root, "data", test_mask)
+    truncate(jpeg)
+    data = open(png, "rb").read()
+    rng = np.random.default_rng(0)
+    with open(png, "wb") as f:                                       # valid header, garbage pixel data
+        f.write(data[:60] + rng.integers(0, 256, len(data) - 60, dtype=np.uint8).tobytes())
+
+    assert main(["--dataset", "minivspw", "--data-root", root, "--group", "1"]) == 2
+    out, err = capsys.readouterr()
+    lines = {line.split(": ", 1)[0]: line for line in out.splitlines()}
+    assert sorted(lines) == sorted([png, jpeg]), out
+    assert lines[png].startswith(f"{png}: video ") and "cannot be decoded" in lines[png]
+    assert lines[jpeg].startswith(f"{jpeg}: video ") and "truncated" in lines[jpeg]
+    assert "2 bad file(s)" in err
+    # the splits in use only: training does not read the mask of a test-only video
+    bad, _ = check_dataset("minivspw", root, group=1, splits=["train", "val"])
+    assert [b.path for b in bad] == [jpeg]
+
+
+def test_youtube_vis_frames_of_a_built_split(ytvis_clean, tmp_path):
+    root = str(tmp_path / "ytvis")
+    shutil.copytree(ytvis_clean, root)
+    train = build_dataset("youtube_vis", root=root, split="train", group=1)
+    assert find_bad_files(train) == []
+    used = [(v, f) for c in train.classes for v in train.videos_of_class(c) for f in train.query_frames_of(v, c)]
+    truncated, missing, resized = sorted({train.frame_path(v, f) for v, f in used})[:3]
+    truncate(truncated)
+    os.remove(missing)
+    Image.new("RGB", (32, 48)).save(resized, format="JPEG")         # decodes, but not the mask's size
+    bad = find_bad_files(train)
+    assert [b.path for b in bad] == sorted([truncated, missing, train.annotation_file])
+    reasons = {b.path: b.reason for b in bad}
+    assert "truncated" in reasons[truncated] and "file not found" in reasons[missing]
+    assert f"mask size 64x64 differs from the frame size 48x32 of {resized}" in reasons[train.annotation_file]
+    with pytest.raises(DatasetError) as err:
+        raise_if_bad(bad)
+    assert str(err.value).startswith("3 bad dataset file(s)") and truncated in str(err.value)
+    raise_if_bad([])                                                  # nothing to report
+
+
+def test_undecodable_annotation_is_reported_with_its_class(ytvis_clean, tmp_path):
+    import json
+
+    root = str(tmp_path / "ytvis")
+    shutil.copytree(ytvis_clean, root)
+    path = os.path.join(root, "train", "train.json")
+    data = json.load(open(path))
+    ann = next(a for a in data["annotations"] if any(isinstance(s, dict) and isinstance(s.get("counts"), list)
+                                                     for s in a["segmentations"]))
+    frame = next(i for i, s in enumerate(ann["segmentations"]) if isinstance(s, dict))
+    ann["segmentations"][frame]["counts"] = [1, 2, 3]                # does not sum to height*width
+    json.dump(data, open(path, "w"))
+    bad, _ = check_dataset("youtube_vis", root, group=1)
+    assert len(bad) == 1 and bad[0].path == path
+    assert bad[0].reason.startswith(f"class {ann['category_id']}: video ") and "counts sum to 6" in bad[0].reason
+
+
+def test_a_missing_dataset_is_a_user_error(tmp_path):
+    with pytest.raises(DatasetError, match="list file not found"):
+        check_dataset("minivspw", str(tmp_path), group=1)
+    assert str(BadFile("a.jpg", "file not found")) == "a.jpg: file not found"
