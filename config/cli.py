@@ -67,6 +67,8 @@ KEY_HELP = {
     "output_dir": "where run directories are created",
     "run_name": "run directory name (empty: <dataset>_group<G>)",
     "save_every": "periodic checkpoint epoch_NNN.pth every N epochs",
+    "periodic_checkpoint_full": "epoch_NNN.pth holds the full training state (resumable) instead of "
+                                "the weights, config and epoch only (528 MB instead of 1395 MB at 240x424)",
     "checkpoint_every_iters": "also refresh last.pth every N iterations (0: off)",
     "validate_every": "validate every N epochs",
     "log_every": "TensorBoard scalars every N iterations",

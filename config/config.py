@@ -96,6 +96,7 @@ DEFAULTS = EasyDict(
         "output_dir": "runs",                      # run directories are created in here
         "run_name": "",                            # default: <dataset>_group<G>
         "save_every": 10,                          # periodic checkpoint every N epochs
+        "periodic_checkpoint_full": False,         # epoch_NNN.pth: false = weights only (as the authors'), true = resumable
         "checkpoint_every_iters": 200,             # also refresh last.pth every N iterations (0: off)
         "validate_every": 1,                       # validation every N epochs
         "log_every": 10,                           # TensorBoard scalars every N iterations

@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from utils.checkpoint import (CheckpointError, capture_rng_state, corruption_reason, load_checkpoint,
-                              load_model_state, restore_rng_state, save_checkpoint)
+from utils.checkpoint import (CheckpointError, capture_rng_state, corruption_reason, is_resumable, load_checkpoint,
+                              load_model_state, restore_rng_state, save_checkpoint, save_weights)
 from utils.fileio import atomic_copy, atomic_write, atomic_write_text
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -97,6 +97,25 @@ def test_checkpoint_round_trip_is_self_describing(tmp_path):
     assert sorted(restored) == sorted(original) == [2, 3]          # head.weight, head.bias
     assert torch.equal(restored[2]["exp_avg"], original[2]["exp_avg"])
     restore_rng_state(ckpt["rng"][0])          # the stored RNG state is usable
+
+
+def test_weights_only_checkpoint_holds_model_config_and_epoch_only(tmp_path):
+    full = _real_checkpoint(tmp_path / "full.pth")
+    model = Tiny()
+    load_model_state(model, load_checkpoint(full)["state_dict"])
+    path = save_weights(str(tmp_path / "epoch_010.pth"), model=model, epoch=10, config={"lr": 1e-3},
+                        best_metric=0.25, best_epoch=9)
+    raw = torch.load(path, weights_only=True)
+    assert sorted(raw) == ["best_epoch", "best_metric", "config", "contents", "epoch", "format", "metrics",
+                           "state_dict", "version"]
+    assert raw["contents"] == "weights" and raw["epoch"] == 10 and raw["config"] == {"lr": 1e-3}
+    assert torch.load(full, weights_only=True)["contents"] == "full"
+    ckpt = load_checkpoint(path)
+    assert not is_resumable(ckpt) and is_resumable(load_checkpoint(full))
+    other = Tiny()
+    load_model_state(other, ckpt["state_dict"])
+    assert all(torch.equal(other.state_dict()[k], v) for k, v in model.state_dict().items())
+    assert os.path.getsize(path) < os.path.getsize(full)     # no Adam moments, no RNG states
 
 
 def test_authors_format_with_module_prefix(tmp_path):
