@@ -37,4 +37,6 @@ def load_script(name: str):
 
 def run(script, argv):
     """Run a script's main like the command line does: returns the exit status."""
-    return script.run_cli(script.main, [str(a) for a in argv], script.user_error_types())
+    from vipmt.cli import run as run_main
+
+    return run_main(script.main, [str(a) for a in argv])
