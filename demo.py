@@ -3,7 +3,7 @@
     python demo.py                 # everything goes to outputs/demo/
     python demo.py --out DIR       # elsewhere
 
-1. writes a small synthetic YouTube-VIS 2019 dataset (``dataset.synthetic``: 16 categories;
+1. writes a small synthetic YouTube-VIS 2019 dataset (``synthetic``: 16 categories;
    fold 1 trains on 12 of them and holds out 4),
 2. trains VIPMT briefly (``vipmt.training``, what train.py runs) on CPU from a random backbone
    (no weight download): 64x64 frames, batches of 4 episodes of 3 one-frame clips (the
@@ -24,7 +24,7 @@ import shutil
 import sys
 import time
 
-from dataset import write_synthetic_youtube_vis
+from synthetic import write_synthetic_youtube_vis
 from utils.fileio import atomic_write_json
 from utils.log import setup_logging
 from vipmt.cli import resolve_config, run, script_parser

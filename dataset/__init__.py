@@ -18,18 +18,6 @@ from .sampler import DifferentClassBatchSampler
 from .transforms import TestTransform, TrainTransform
 from .youtube_vis import YouTubeVISDataset, fold_classes
 
-_LAZY = {"write_synthetic_youtube_vis", "write_synthetic_vspw"}
-
-
-def __getattr__(name: str):
-    # The writers are imported on first use, so that ``python -m dataset.synthetic`` does not
-    # find its own module already imported by the package.
-    if name in _LAZY:
-        from . import synthetic
-        return getattr(synthetic, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 DATASETS = {"youtube_vis": YouTubeVISDataset, "minivspw": MiniVSPWDataset}
 
 
@@ -62,7 +50,7 @@ def build_dataset(name: str = "youtube_vis", root: str | None = None, split: str
 
 __all__ = [
     "build_dataset", "DatasetError", "EpisodeDataset", "YouTubeVISDataset", "MiniVSPWDataset",
-    "DifferentClassBatchSampler", "write_synthetic_youtube_vis", "write_synthetic_vspw",
+    "DifferentClassBatchSampler",
     "TrainTransform", "TestTransform", "CLIP_LENGTH", "item_rng", "select_query_clips",
     "fold_classes", "DATASETS",
 ]

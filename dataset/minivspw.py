@@ -55,7 +55,7 @@ LAYOUT_HELP = (
     "MiniVSPW lists with:\n"
     "  python -m dataset.minivspw_lists --vspw-root {root}\n"
     "or write a small synthetic dataset (lists included) with:\n"
-    "  python -m dataset.synthetic vspw --root {root}")
+    "  python -m synthetic vspw --root {root}")
 
 
 def list_file(lists_dir: str, split: str, fold: int) -> str:

@@ -49,7 +49,7 @@ LAYOUT_HELP = (
     "  {root}/train/JPEGImages/<video>/<frame>.jpg\n"
     "Get YouTube-VIS 2019 from https://youtube-vos.org/dataset/vis/ (train split), or write a "
     "small synthetic dataset with:\n"
-    "  python -m dataset.synthetic youtube_vis --root {root}")
+    "  python -m synthetic youtube_vis --root {root}")
 
 
 def fold_classes(group: int, split: str) -> list[int]:

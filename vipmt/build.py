@@ -31,10 +31,10 @@ BACKBONE_WEIGHTS_HELP = (
 # dataset -> (what its root holds, the command that writes a synthetic one, the flags to use it)
 SYNTHETIC_COMMANDS = {
     "youtube_vis": ("train/train.json and train/JPEGImages/<video>/<frame>.jpg",
-                    "python -m dataset.synthetic youtube_vis --root data/synthetic_ytvis",
+                    "python -m synthetic youtube_vis --root data/synthetic_ytvis",
                     "--data-root data/synthetic_ytvis"),
     "minivspw": ("data/<video>/origin, data/<video>/mask and lists/",
-                 "python -m dataset.synthetic vspw --root data/synthetic_vspw",
+                 "python -m synthetic vspw --root data/synthetic_vspw",
                  "--dataset minivspw --data-root data/synthetic_vspw"),
 }
 
