@@ -10,6 +10,8 @@ from __future__ import annotations
 import inspect
 from typing import Sequence
 
+from config import DEFAULTS
+
 from .base import EpisodeDataset
 from .episodes import CLIP_LENGTH, item_rng, select_query_clips
 from .errors import DatasetError
@@ -21,9 +23,10 @@ from .youtube_vis import YouTubeVISDataset, fold_classes
 DATASETS = {"youtube_vis": YouTubeVISDataset, "minivspw": MiniVSPWDataset}
 
 
-def build_dataset(name: str = "youtube_vis", root: str | None = None, split: str = "train",
-                  group: int = 1, image_size: Sequence[int] = (240, 424), query_frames: int = 15,
-                  support_shots: int = 5, episodes_per_class: int = 100, seed: int = 42,
+def build_dataset(name: str = DEFAULTS.dataset, root: str | None = None, split: str = "train",
+                  group: int = DEFAULTS.group, image_size: Sequence[int] = tuple(DEFAULTS.image_size),
+                  query_frames: int = DEFAULTS.query_frames, support_shots: int = DEFAULTS.support_shots,
+                  episodes_per_class: int = DEFAULTS.episodes_per_class, seed: int = DEFAULTS.seed,
                   augment: bool | None = None, **dataset_specific) -> EpisodeDataset:
     """Build a split of a dataset by name (``youtube_vis`` or ``minivspw``).
 
