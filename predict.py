@@ -27,12 +27,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dataset.errors import DatasetError
 from dataset.transforms import TestTransform, letterbox_geometry
-from models import ModelError, VideoSegmenter, VIPMT
-from utils.checkpoint import CheckpointError, is_our_checkpoint, load_checkpoint, load_model_state
+from models import VideoSegmenter
 from utils.fileio import atomic_write_json
-from utils.runtime import UserError, resolve_device, reuse_freed_memory, run_cli
+from utils.runtime import UserError, resolve_device, reuse_freed_memory
+from vipmt.cli import run
+from vipmt.loading import load_trained_model
 
 logger = logging.getLogger("predict")
 
@@ -132,18 +132,6 @@ def read_video(path: str) -> tuple[list[np.ndarray], list[str], float]:
     return frames, [f"{i:05d}" for i in range(len(frames))], float(fps)
 
 
-# ------------------------------------------------------------------ model
-def load_model(path: str, image_size, device: torch.device, trusted: bool) -> VIPMT:
-    ckpt = load_checkpoint(path, trusted=trusted)
-    saved = ckpt.get("config") if is_our_checkpoint(ckpt) else None
-    if image_size is None:
-        image_size = (saved or {}).get("image_size") or (240, 424)
-    model = VIPMT(backbone_weights=None, image_size=tuple(image_size))
-    load_model_state(model, ckpt["state_dict"], source=f"checkpoint {path!r}",
-                     hint="If the model was trained at another size, pass --image-size H W.")
-    return model.to(device).eval()
-
-
 # ------------------------------------------------------------------ outputs
 def unletterbox(mask: np.ndarray, original: tuple[int, int]) -> np.ndarray:
     """A [H,W] model-size mask -> the original [h,w] frame size (nearest)."""
@@ -185,7 +173,8 @@ def main(argv: Sequence[str]) -> int:
     device = resolve_device(args.device)
     support_rgb, support_masks = read_supports(args.support_images, args.support_masks)
     frames, names, fps = read_video(args.video)
-    model = load_model(args.checkpoint, args.image_size, device, args.trust_checkpoint)
+    model = load_trained_model(args.checkpoint, device=device, image_size=args.image_size,
+                               trusted=args.trust_checkpoint).model
     transform = TestTransform(model.image_size)
     support_img, support_mask = transform(support_rgb, support_masks)
     query_img, _ = transform(frames, [np.zeros(f.shape[:2], np.uint8) for f in frames])
@@ -205,4 +194,4 @@ def main(argv: Sequence[str]) -> int:
 
 if __name__ == "__main__":
     reuse_freed_memory()    # inference re-allocates large buffers every clip (utils/runtime.py)
-    sys.exit(run_cli(main, None, (UserError, ModelError, CheckpointError, DatasetError)))
+    sys.exit(run(main))

@@ -4,6 +4,7 @@ from .config import (  # noqa: F401
     DEFAULTS,
     ConfigError,
     apply_overrides,
+    check_image_size,
     config_to_dict,
     dataset_root,
     dump_config,

@@ -31,6 +31,7 @@ __all__ = [
     "DEFAULTS",
     "DATASET_NAMES",
     "get_config",
+    "check_image_size",
     "apply_overrides",
     "update_config",
     "validate_config",
@@ -46,8 +47,8 @@ __all__ = [
 DATASET_NAMES = ("youtube_vis", "minivspw")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 NUM_FOLDS = 4
-FEATURE_STRIDE = 8          # the network's output stride: image sides must be multiples
-MIN_IMAGE_SIDE = 64          # smallest side the transformer's 4x4 spatial reduction accepts
+FEATURE_STRIDE = 8          # the network's output stride (models.heads.OUTPUT_STRIDE): sides are multiples
+MIN_IMAGE_SIDE = 64          # 8 feature cells: the score head and the attention stride features by 4
 
 
 class ConfigError(ValueError):
@@ -105,6 +106,23 @@ DEFAULTS = EasyDict(
 
 _TRUE = {"1", "true", "yes", "on", "y", "t"}
 _FALSE = {"0", "false", "no", "off", "n", "f"}
+
+
+def check_image_size(image_size: Any, *, error: type[Exception] = ConfigError) -> tuple[int, int]:
+    """The one image-size rule: ``(H, W)`` with both sides multiples of 8 and at least 64.
+
+    Returns ``(H, W)`` as ints; raises ``error`` (the caller's error type, e.g. DatasetError or
+    ModelError) with a message naming the value.
+    """
+    try:
+        height, width = (int(v) for v in image_size)
+    except (TypeError, ValueError):
+        raise error(f"image_size must be two integers (H, W), got {image_size!r}") from None
+    for side_name, side in (("height", height), ("width", width)):
+        if side % FEATURE_STRIDE != 0 or side < MIN_IMAGE_SIDE:
+            raise error(f"image_size={height},{width}: the {side_name} {side} must be a multiple of "
+                        f"{FEATURE_STRIDE} and at least {MIN_IMAGE_SIDE} (e.g. 240,424 or 64,112)")
+    return height, width
 
 
 def get_config() -> EasyDict:
@@ -225,13 +243,7 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     missing = sorted(set(DEFAULTS) - set(cfg))
     if missing:
         raise ConfigError(f"config is missing keys: {', '.join(missing)}")
-    h, w = cfg["image_size"]
-    for side_name, side in (("height", h), ("width", w)):
-        if side % FEATURE_STRIDE != 0 or side < MIN_IMAGE_SIDE:
-            raise ConfigError(
-                f"image_size={h},{w}: the {side_name} {side} must be a multiple of "
-                f"{FEATURE_STRIDE} and at least {MIN_IMAGE_SIDE} (e.g. 240,424 or 64,112)"
-            )
+    check_image_size(cfg["image_size"])
     if cfg["dataset"] not in DATASET_NAMES:
         raise ConfigError(f"dataset={cfg['dataset']!r}: expected one of {', '.join(DATASET_NAMES)}")
     if not 1 <= cfg["group"] <= NUM_FOLDS:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import inspect
 from typing import Sequence
 
+from config import DEFAULTS
+
 from .base import EpisodeDataset
 from .episodes import CLIP_LENGTH, item_rng, select_query_clips
 from .errors import DatasetError
@@ -18,24 +20,13 @@ from .sampler import DifferentClassBatchSampler
 from .transforms import TestTransform, TrainTransform
 from .youtube_vis import YouTubeVISDataset, fold_classes
 
-_LAZY = {"write_synthetic_youtube_vis", "write_synthetic_vspw"}
-
-
-def __getattr__(name: str):
-    # The writers are imported on first use, so that ``python -m dataset.synthetic`` does not
-    # find its own module already imported by the package.
-    if name in _LAZY:
-        from . import synthetic
-        return getattr(synthetic, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 DATASETS = {"youtube_vis": YouTubeVISDataset, "minivspw": MiniVSPWDataset}
 
 
-def build_dataset(name: str = "youtube_vis", root: str | None = None, split: str = "train",
-                  group: int = 1, image_size: Sequence[int] = (240, 424), query_frames: int = 15,
-                  support_shots: int = 5, episodes_per_class: int = 100, seed: int = 42,
+def build_dataset(name: str = DEFAULTS.dataset, root: str | None = None, split: str = "train",
+                  group: int = DEFAULTS.group, image_size: Sequence[int] = tuple(DEFAULTS.image_size),
+                  query_frames: int = DEFAULTS.query_frames, support_shots: int = DEFAULTS.support_shots,
+                  episodes_per_class: int = DEFAULTS.episodes_per_class, seed: int = DEFAULTS.seed,
                   augment: bool | None = None, **dataset_specific) -> EpisodeDataset:
     """Build a split of a dataset by name (``youtube_vis`` or ``minivspw``).
 
@@ -62,7 +53,7 @@ def build_dataset(name: str = "youtube_vis", root: str | None = None, split: str
 
 __all__ = [
     "build_dataset", "DatasetError", "EpisodeDataset", "YouTubeVISDataset", "MiniVSPWDataset",
-    "DifferentClassBatchSampler", "write_synthetic_youtube_vis", "write_synthetic_vspw",
+    "DifferentClassBatchSampler",
     "TrainTransform", "TestTransform", "CLIP_LENGTH", "item_rng", "select_query_clips",
     "fold_classes", "DATASETS",
 ]

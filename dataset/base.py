@@ -35,9 +35,11 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from torch.utils.data import Dataset
 
+from config import DEFAULTS, check_image_size
+
 from .episodes import CLIP_LENGTH, choose_videos, item_rng, select_query_clips
 from .errors import DatasetError
-from .transforms import TestTransform, TrainTransform, check_image_size
+from .transforms import TestTransform, TrainTransform
 
 logger = logging.getLogger(__name__)
 
@@ -58,14 +60,15 @@ class EpisodeDataset(Dataset):
 
     dataset_name = "episodes"
 
-    def __init__(self, split: str = "train", group: int = 1, image_size: Sequence[int] = (240, 424),
-                 query_frames: int = 15, support_shots: int = 5, episodes_per_class: int = 100,
-                 seed: int = 42, augment: bool | None = None, clip_length: int = CLIP_LENGTH):
+    def __init__(self, split: str = "train", group: int = DEFAULTS.group,
+                 image_size: Sequence[int] = tuple(DEFAULTS.image_size), query_frames: int = DEFAULTS.query_frames,
+                 support_shots: int = DEFAULTS.support_shots, episodes_per_class: int = DEFAULTS.episodes_per_class,
+                 seed: int = DEFAULTS.seed, augment: bool | None = None, clip_length: int = CLIP_LENGTH):
         if split not in SPLITS:
             raise DatasetError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
         if group not in GROUPS:
             raise DatasetError(f"group (fold) must be 1, 2, 3 or 4, got {group!r}")
-        self.image_size = check_image_size(image_size)
+        self.image_size = check_image_size(image_size, error=DatasetError)
         for name, value in (("query_frames", query_frames), ("support_shots", support_shots),
                             ("episodes_per_class", episodes_per_class), ("clip_length", clip_length)):
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:

@@ -11,12 +11,14 @@ from typing import Sequence, TypeVar
 
 import numpy as np
 
+from config import DEFAULTS
+
 from .errors import DatasetError
 
 FrameT = TypeVar("FrameT")
 VideoT = TypeVar("VideoT")
 
-CLIP_LENGTH = 5
+CLIP_LENGTH = DEFAULTS.clip_length
 
 
 def item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:

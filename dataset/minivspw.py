@@ -31,6 +31,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from config import DEFAULTS
+
 from .base import EpisodeDataset
 from .episodes import CLIP_LENGTH
 from .errors import DatasetError
@@ -38,7 +40,7 @@ from utils.fileio import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_ROOT = os.path.join("data", "VSPW_480p")
+DEFAULT_ROOT = DEFAULTS.minivspw_root
 FRAMES_RELDIR = "data"
 LISTS_RELDIR = os.path.join("lists", "nminivspw_pascal")
 SPLIT_FILE_NAMES = {"train": "train", "val": "val", "test": "test"}
@@ -55,7 +57,7 @@ LAYOUT_HELP = (
     "MiniVSPW lists with:\n"
     "  python -m dataset.minivspw_lists --vspw-root {root}\n"
     "or write a small synthetic dataset (lists included) with:\n"
-    "  python -m dataset.synthetic vspw --root {root}")
+    "  python -m synthetic vspw --root {root}")
 
 
 def list_file(lists_dir: str, split: str, fold: int) -> str:
@@ -182,9 +184,10 @@ class MiniVSPWDataset(EpisodeDataset):
 
     dataset_name = "minivspw"
 
-    def __init__(self, root: str = DEFAULT_ROOT, split: str = "train", group: int = 1,
-                 image_size: Sequence[int] = (240, 424), query_frames: int = 15,
-                 support_shots: int = 5, episodes_per_class: int = 100, seed: int = 42,
+    def __init__(self, root: str = DEFAULT_ROOT, split: str = "train", group: int = DEFAULTS.group,
+                 image_size: Sequence[int] = tuple(DEFAULTS.image_size),
+                 query_frames: int = DEFAULTS.query_frames, support_shots: int = DEFAULTS.support_shots,
+                 episodes_per_class: int = DEFAULTS.episodes_per_class, seed: int = DEFAULTS.seed,
                  augment: bool | None = None, clip_length: int = CLIP_LENGTH,
                  lists_dir: str | None = None, show_progress: bool = True):
         super().__init__(split=split, group=group, image_size=image_size, query_frames=query_frames,

@@ -20,6 +20,8 @@ from typing import Iterator, Protocol, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
+from config import DEFAULTS
+
 from .errors import DatasetError
 
 
@@ -39,7 +41,7 @@ class DifferentClassBatchSampler(Sampler[list[int]]):
         num_replicas, rank: distributed data parallel setting (defaults: one process).
     """
 
-    def __init__(self, dataset: ClassIndexed, batch_size: int, seed: int = 42,
+    def __init__(self, dataset: ClassIndexed, batch_size: int, seed: int = DEFAULTS.seed,
                  num_replicas: int = 1, rank: int = 0):
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise DatasetError(f"batch_size must be a positive integer, got {batch_size!r}")

@@ -32,6 +32,8 @@ import torch
 from einops import rearrange
 from imgaug.augmentables.segmaps import SegmentationMapsOnImage
 
+from config import DEFAULTS, check_image_size
+
 from .errors import DatasetError
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -46,24 +48,6 @@ CONTRAST_RANGE = (0.97, 1.03)
 NOISE_DELTA = 5.0
 FLIP_PROBABILITY = 0.5
 IMGAUG_SEED_BOUND = 2**31 - 1
-
-SIZE_MULTIPLE = 8
-MIN_IMAGE_SIDE = 64
-
-
-def check_image_size(image_size: Sequence[int]) -> tuple[int, int]:
-    """Validate an output size ``(H, W)``: both divisible by 8 and at least 64."""
-    try:
-        height, width = (int(v) for v in image_size)
-    except (TypeError, ValueError):
-        raise DatasetError(f"image_size must be two integers (H, W), got {image_size!r}") from None
-    for name, value in (("height", height), ("width", width)):
-        if value < MIN_IMAGE_SIDE or value % SIZE_MULTIPLE != 0:
-            raise DatasetError(
-                f"image_size {height}x{width}: {name} {value} must be a multiple of "
-                f"{SIZE_MULTIPLE} and at least {MIN_IMAGE_SIDE}")
-    return height, width
-
 
 def letterbox_geometry(height: int, width: int, out_height: int, out_width: int):
     """Size and offset of a ``height x width`` frame letterboxed into ``out_height x out_width``.
@@ -128,8 +112,8 @@ class TestTransform:
 
     __test__ = False  # not a pytest test class despite its name
 
-    def __init__(self, image_size: Sequence[int] = (240, 424)):
-        self.image_size = check_image_size(image_size)
+    def __init__(self, image_size: Sequence[int] = tuple(DEFAULTS.image_size)):
+        self.image_size = check_image_size(image_size, error=DatasetError)
 
     def __call__(self, frames: Sequence[np.ndarray], masks: Sequence[np.ndarray],
                  rng: np.random.Generator | None = None):
@@ -147,8 +131,8 @@ class TrainTransform:
     letterbox, normalise.
     """
 
-    def __init__(self, image_size: Sequence[int] = (240, 424)):
-        self.image_size = check_image_size(image_size)
+    def __init__(self, image_size: Sequence[int] = tuple(DEFAULTS.image_size)):
+        self.image_size = check_image_size(image_size, error=DatasetError)
 
     @staticmethod
     def _geometric_augmenter(seed: int) -> iaa.Augmenter:

@@ -30,13 +30,15 @@ import numpy as np
 import pycocotools.mask as mask_utils
 from PIL import Image, UnidentifiedImageError
 
+from config import DEFAULTS
+
 from .base import EpisodeDataset
 from .episodes import CLIP_LENGTH
 from .errors import DatasetError
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_ROOT = os.path.join("data", "Youtube-VOS")
+DEFAULT_ROOT = DEFAULTS.youtube_vis_root
 ANNOTATION_RELPATH = os.path.join("train", "train.json")
 FRAMES_RELDIR = os.path.join("train", "JPEGImages")
 NUM_CATEGORIES = 40
@@ -49,7 +51,7 @@ LAYOUT_HELP = (
     "  {root}/train/JPEGImages/<video>/<frame>.jpg\n"
     "Get YouTube-VIS 2019 from https://youtube-vos.org/dataset/vis/ (train split), or write a "
     "small synthetic dataset with:\n"
-    "  python -m dataset.synthetic youtube_vis --root {root}")
+    "  python -m synthetic youtube_vis --root {root}")
 
 
 def fold_classes(group: int, split: str) -> list[int]:
@@ -321,9 +323,10 @@ class YouTubeVISDataset(EpisodeDataset):
 
     dataset_name = "youtube_vis"
 
-    def __init__(self, root: str = DEFAULT_ROOT, split: str = "train", group: int = 1,
-                 image_size: Sequence[int] = (240, 424), query_frames: int = 15,
-                 support_shots: int = 5, episodes_per_class: int = 100, seed: int = 42,
+    def __init__(self, root: str = DEFAULT_ROOT, split: str = "train", group: int = DEFAULTS.group,
+                 image_size: Sequence[int] = tuple(DEFAULTS.image_size),
+                 query_frames: int = DEFAULTS.query_frames, support_shots: int = DEFAULTS.support_shots,
+                 episodes_per_class: int = DEFAULTS.episodes_per_class, seed: int = DEFAULTS.seed,
                  augment: bool | None = None, clip_length: int = CLIP_LENGTH,
                  annotation_file: str | None = None, frames_dir: str | None = None):
         super().__init__(split=split, group=group, image_size=image_size, query_frames=query_frames,

@@ -16,9 +16,11 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
+from config import DEFAULTS, check_image_size
+
 from .backbone import Backbone
 from .errors import ModelError
-from .heads import OUTPUT_STRIDE, BoxUpsampler, ScoreHead, classifier
+from .heads import BoxUpsampler, ScoreHead, classifier
 from .losses import (AUX_QUERY_WEIGHT, AUX_SUPPORT_WEIGHT, FINAL_WEIGHT, INITIAL_WEIGHT, LossWeights,
                      contrast_loss, mean_bce, score_loss, segmentation_loss)
 from .prototypes import (ChannelPool, masked_average_pool, object_mask, pfe_mask, prior_map,
@@ -27,11 +29,10 @@ from .transformer import IGNORE_LABEL, VIPMTTransformer, conv1x1_with_constants,
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BACKBONE_WEIGHTS = REPO_ROOT / "pretrain_model" / "resnet50_v2.pth"
-DEFAULT_IMAGE_SIZE = (240, 424)
+DEFAULT_IMAGE_SIZE = tuple(DEFAULTS.image_size)
 FEATURE_DIM = 384
 REDUCE_DROPOUT = 0.5
 SHOTS = 5                  # annotated support images; support frames beyond them are memory
-MIN_FEATURE_SIZE = 8       # the score head strides its features by 4 and the PVT attention by 4
 
 Features = dict  # {'0'..'3': [B,T,C_k,h_k,w_k]} backbone features of a set of frames
 
@@ -84,7 +85,7 @@ class VIPMT(nn.Module):
     def __init__(self, backbone_weights: str | Path | None = DEFAULT_BACKBONE_WEIGHTS,
                  image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE, loss_weights: LossWeights | None = None):
         super().__init__()
-        self.image_size = check_image_size(image_size)
+        self.image_size = check_image_size(image_size, error=ModelError)
         dim = FEATURE_DIM
         multi_level = 512 + 1024  # layer2 + layer3
         self.backbone = Backbone(None if backbone_weights is None else str(backbone_weights))
@@ -303,19 +304,6 @@ def attention_support_mask(support_object: torch.Tensor) -> torch.Tensor:
     corners = (slice(None), slice(None), [0, 0, -1, -1], [0, -1, 0, -1])
     mask[corners] &= ~full[..., None]
     return mask
-
-
-def check_image_size(image_size) -> tuple[int, int]:
-    """Validate an (H, W) model size: both divisible by 8 and large enough for the heads."""
-    try:
-        height, width = (int(v) for v in image_size)
-    except (TypeError, ValueError):
-        raise ModelError(f"image_size must be two integers (H, W), got {image_size!r}") from None
-    smallest = MIN_FEATURE_SIZE * OUTPUT_STRIDE
-    if height % OUTPUT_STRIDE or width % OUTPUT_STRIDE or min(height, width) < smallest:
-        raise ModelError(f"image size {height}x{width} is not supported: height and width must be "
-                         f"divisible by {OUTPUT_STRIDE} and at least {smallest} (default 240x424)")
-    return height, width
 
 
 def check_inputs(image_size, query_img, query_mask, support_img, support_mask, training: bool) -> None:

@@ -9,7 +9,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from dataset import write_synthetic_youtube_vis  # noqa: E402
+from synthetic import write_synthetic_youtube_vis  # noqa: E402
 
 IMAGE = 64                      # smallest size the model accepts: the ResNet-50 is the cost
 # Three 1-frame clips (clip 3 draws 1 memory frame of 2 at random), 5 supports, CPU, no workers.
@@ -37,4 +37,6 @@ def load_script(name: str):
 
 def run(script, argv):
     """Run a script's main like the command line does: returns the exit status."""
-    return script.run_cli(script.main, [str(a) for a in argv], script.user_error_types())
+    from vipmt.cli import run as run_main
+
+    return run_main(script.main, [str(a) for a in argv])

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dataset import DatasetError, build_dataset, write_synthetic_vspw, write_synthetic_youtube_vis
+from dataset import DatasetError, build_dataset
+from synthetic import write_synthetic_vspw, write_synthetic_youtube_vis
 from dataset.check import BadFile, check_dataset, find_bad_files, main, raise_if_bad
 
 

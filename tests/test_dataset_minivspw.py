@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from dataset import DatasetError, MiniVSPWDataset, build_dataset, write_synthetic_vspw
+from dataset import DatasetError, MiniVSPWDataset, build_dataset
+from synthetic import write_synthetic_vspw
 from dataset.minivspw import cache_file
 from dataset.minivspw_lists import generate_lists, main as lists_main
 

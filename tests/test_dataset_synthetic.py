@@ -9,8 +9,9 @@ import pycocotools.mask as mask_utils
 import pytest
 import torch
 
-from dataset import DatasetError, YouTubeVISDataset, write_synthetic_youtube_vis
-from dataset.synthetic import main as synthetic_main
+from dataset import DatasetError, YouTubeVISDataset
+from synthetic import write_synthetic_youtube_vis
+from synthetic.cli import main as synthetic_main
 from dataset.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 SMALL = dict(videos_per_class=2, frames_per_video=3, frame_size=(64, 112))

@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from dataset import DatasetError, YouTubeVISDataset, build_dataset, fold_classes, write_synthetic_youtube_vis
+from dataset import DatasetError, YouTubeVISDataset, build_dataset, fold_classes
+from synthetic import write_synthetic_youtube_vis
 from dataset.transforms import IMAGENET_MEAN, IMAGENET_STD, letterbox_geometry
 from dataset.youtube_vis import index_annotations
 
@@ -237,7 +238,7 @@ def test_missing_root_names_layout_and_command(tmp_path):
         YouTubeVISDataset(missing)
     message = str(err.value)
     assert missing in message and "train/train.json" in message
-    assert "python -m dataset.synthetic youtube_vis" in message
+    assert "python -m synthetic youtube_vis" in message
 
 
 def test_missing_annotation_file(tmp_path):

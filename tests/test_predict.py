@@ -11,6 +11,7 @@ import torch
 
 import predict
 from helpers import reference_model
+from vipmt.cli import run as run_script
 
 SIZE = (64, 112)
 FRAME_HW = (90, 150)      # not the model's size: letterbox in, un-letterbox out
@@ -57,8 +58,7 @@ def run(workspace, **changes):
     for key, value in args.items():
         if value is not None:
             argv += [key, *(value if isinstance(value, list) else [value])]
-    return predict.run_cli(predict.main, argv, (predict.UserError, predict.ModelError, predict.CheckpointError,
-                                                predict.DatasetError))
+    return run_script(predict.main, argv)
 
 
 def test_predict_writes_masks_video_and_scores(workspace):

@@ -29,7 +29,7 @@ def test_missing_dataset_says_how_to_run_the_demo(tmp_path, capsys):
     for script, extra in ((train, []), (test_script, ["--checkpoint", "none"])):
         msg = error_of(script, common + extra, capsys)
         assert "nowhere" in msg and "not found" in msg
-        assert "demo" in msg and "python -m dataset.synthetic youtube_vis" in msg
+        assert "demo" in msg and "python -m synthetic youtube_vis" in msg
     assert not (tmp_path / "runs").exists()                    # nothing written on bad input
 
 

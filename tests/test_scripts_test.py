@@ -69,8 +69,10 @@ def test_authors_checkpoint_gives_the_same_numbers(setup):
 
 def test_bf16_config_key_switches_the_engine_to_bfloat16_autocast():
     from models import VIPMT
+    from vipmt.cli import resolve_config
+    from vipmt.evaluation import make_segmenter
 
     model = VIPMT(backbone_weights=None, image_size=(64, 64))
     for values, dtype in (({}, None), ({"test_bf16": True}, torch.bfloat16)):
-        cfg = test_script.resolve_config({}, dict(values, image_size=[64, 64]))
-        assert test_script.make_segmenter(model, cfg).autocast_dtype == dtype
+        cfg = resolve_config({}, dict(values, image_size=[64, 64]))
+        assert make_segmenter(model, cfg).autocast_dtype == dtype

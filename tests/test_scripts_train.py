@@ -28,17 +28,19 @@ def tiny_config(data, out_dir, *overrides):
 
 def test_one_training_step_changes_the_weights_with_finite_losses(data, tmp_path):
     from utils.distributed import DistInfo
+    from vipmt.build import collate_episodes
+    from vipmt.training import Trainer
 
     cfg = tiny_config(data, tmp_path, "batch_size=2")
-    trainer = train.Trainer(cfg, DistInfo(), torch.device("cpu"), str(tmp_path), None)
+    trainer = Trainer(cfg, dist_info=DistInfo(), device=torch.device("cpu"), run_dir=str(tmp_path))
     trainable = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     frozen = {n: p.detach().clone() for n, p in trainer.model.backbone.named_parameters()}
     assert trainable and frozen
-    trainer._start_epoch(0, 0)
+    trainer.begin_epoch()
     batch = next(iter(torch.utils.data.DataLoader(trainer.train_set, batch_sampler=trainer.sampler,
-                                                  collate_fn=train.collate_episodes)))
+                                                  collate_fn=collate_episodes)))
     assert len(set(batch["class_id"])) == 2                  # the batch holds different classes
-    losses = trainer.train_step(batch, epoch=0, iteration=0)
+    losses = trainer.train_step(batch)
     assert set(losses) == {"loss", "main", "aux", "contrast", "score"}
     assert all(math.isfinite(v) for v in losses.values())
     assert losses["contrast"] > 0                            # two episodes: cross-video maps exist
@@ -47,7 +49,6 @@ def test_one_training_step_changes_the_weights_with_finite_losses(data, tmp_path
     changed = [n for n, before in trainable.items() if not torch.equal(params[n].detach(), before)]
     assert len(changed) > 0.9 * len(trainable)               # Adam moves (nearly) every trainable weight
     assert all(torch.equal(p.detach(), frozen[n]) for n, p in trainer.model.backbone.named_parameters())
-    trainer.close()
 
 
 def _load(path):

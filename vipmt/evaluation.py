@@ -1,0 +1,206 @@
+"""The test protocol over a fold's held-out classes, reusable by test.py, demo.py and others.
+
+Every video of each test class is a query once (all frames where the class is present); its
+support images come from other videos of the class. A segmenter (``models.VideoSegmenter``, or
+anything with the same ``segment`` method) segments it; :func:`evaluate_split` gathers J, F,
+class IoU and VC_n per video and class for one seed, :func:`aggregate` takes mean and std over
+runs with several seeds, :func:`format_table` prints them, :func:`run_test` does all of it for a
+checkpoint and writes the results JSON.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from config import config_to_dict, dataset_root
+from utils.fileio import atomic_write_json
+from utils.metrics import FewShotEvaluator, jaccard
+from utils.runtime import UserError, resolve_device, seed_everything
+from utils.visualize import save_video_visualisation
+
+from .build import BEST_CHECKPOINT, backbone_weights_path, build_model, build_split, dataset_missing_message, \
+    run_directory
+from .cli import resolve_config
+from .loading import LoadedModel, load_trained_model
+
+__all__ = ["METRICS", "DEFAULT_RESULTS_DIR", "metric_names", "make_segmenter", "AllBackground", "model_under_test",
+           "evaluate_split", "aggregate", "format_table", "run_test"]
+
+logger = logging.getLogger(__name__)
+
+METRICS = ("J", "F", "class_iou")        # + VC_<window>
+DEFAULT_RESULTS_DIR = "outputs"           # test.py writes <this>/test_<dataset>_group<G>.json by default
+
+
+def metric_names(cfg) -> List[str]:
+    return list(METRICS) + [f"VC_{cfg.vc_window}"]
+
+
+def make_segmenter(model, cfg):
+    """The video engine with the configured clip length, reliable memory and precision."""
+    from models import VideoSegmenter  # noqa: WPS433
+
+    return VideoSegmenter(model, clip_length=cfg.clip_length, memory_threshold=cfg.memory_threshold,
+                          memory_size=cfg.memory_size, autocast_dtype=torch.bfloat16 if cfg.test_bf16 else None)
+
+
+class AllBackground:
+    """A baseline segmenter that predicts no object anywhere (score 0 on every frame)."""
+
+    def segment(self, query_img: torch.Tensor, support_img: torch.Tensor, support_mask: torch.Tensor,
+                generator: Optional[torch.Generator] = None):
+        """query_img [T,3,H,W] -> VideoPrediction(pred [T,H,W] zeros, score [T] zeros)."""
+        from models import VideoPrediction  # noqa: WPS433
+
+        frames, _, height, width = query_img.shape
+        return VideoPrediction(pred=torch.zeros(frames, height, width, dtype=torch.int64),
+                               score=torch.zeros(frames))
+
+
+def model_under_test(values: Mapping[str, Any], *, checkpoint: Optional[str], trusted: bool = False):
+    """(config, LoadedModel) for ``checkpoint``: a path, None (the run's best.pth) or 'none' (untrained).
+
+    The model's image size is the checkpoint's unless ``values`` sets image_size.
+    """
+    cfg = resolve_config({}, values)
+    path = checkpoint or os.path.join(run_directory(cfg), BEST_CHECKPOINT)
+    if path.lower() == "none":
+        logger.warning("testing an UNTRAINED model (--checkpoint none)")
+        seed_everything(cfg.seed)                 # the same initial weights as train.py's
+        model = build_model(cfg, backbone_weights=backbone_weights_path(cfg, required=True))
+        return cfg, LoadedModel(model=model.eval(), config=None, description="none (untrained)")
+    if not os.path.isfile(path):
+        hint = (f"train first (python train.py --group {cfg.group}) or pass --checkpoint PATH"
+                if checkpoint is None else "check the path")
+        raise UserError(f"checkpoint {path!r} does not exist; {hint}")
+    loaded = load_trained_model(path, image_size=values.get("image_size"), trusted=trusted)
+    if "image_size" not in values:                # the size the model was trained for
+        cfg = resolve_config({}, dict(values, image_size=list(loaded.model.image_size)))
+    return cfg, loaded
+
+
+def class_name_of(dataset, class_id: int) -> str:
+    fn = getattr(dataset, "class_name", None)
+    if callable(fn):
+        try:
+            return str(fn(class_id))
+        except Exception:  # noqa: BLE001 - a name is a nicety
+            pass
+    names = getattr(getattr(dataset, "index", None), "category_names", None)
+    if isinstance(names, dict) and class_id in names:
+        return str(names[class_id])
+    return str(class_id)
+
+
+@torch.no_grad()
+def evaluate_split(cfg, segmenter, *, device: torch.device, seed: int, vis_dir: Optional[str] = None) -> Dict[str, Any]:
+    """One pass over every test video with supports drawn with ``seed``; returns the run's summary.
+
+    The summary holds ``seed``, ``class_names``, ``videos`` (per-video metrics) and the
+    evaluator's ``per_class`` / ``mean`` metrics (fractions in [0, 1]).
+    """
+    dataset = build_split(cfg, "test", episodes_per_class=1, seed=seed, augment=False)
+    seed_everything(seed)
+    generator = torch.Generator().manual_seed(seed)
+    evaluator = FewShotEvaluator(vc_window=cfg.vc_window)
+    loader = DataLoader(dataset, batch_size=None, num_workers=cfg.num_workers)
+    names: Dict[str, str] = {}
+    videos: List[Dict[str, Any]] = []
+    for item in tqdm(loader, total=len(dataset), desc=f"test seed {seed}", dynamic_ncols=True):
+        class_id = int(item["class_id"])
+        result = segmenter.segment(item["query_img"].to(device), item["support_img"].to(device),
+                                   item["support_mask"].to(device), generator=generator)
+        pred = result.pred.cpu()
+        gt = item["query_mask"][:, 0]
+        per_video = evaluator.add_video(class_id, pred, gt)
+        names[str(class_id)] = class_name_of(dataset, class_id)
+        videos.append({"class_id": class_id, "video": item["video"], **per_video})
+        if vis_dir:
+            save_video_visualisation(vis_dir, names[str(class_id)], item["video"], item["query_img"], gt, pred,
+                                     frame_names=item.get("frame_names"), frame_scores=result.score.cpu().tolist(),
+                                     frame_j=jaccard(pred, gt).tolist())
+    summary = evaluator.summary()
+    summary["per_class"] = {str(k): v for k, v in summary["per_class"].items()}
+    return {"seed": seed, "class_names": names, "videos": videos, **summary}
+
+
+def _stats(values: List[Optional[float]]) -> Dict[str, Optional[float]]:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return {"mean": None, "std": None}
+    return {"mean": float(np.mean(vals)), "std": float(np.std(vals))}
+
+
+def aggregate(runs: List[Dict[str, Any]], metric_keys: Sequence[str]) -> Dict[str, Any]:
+    """Mean and (population) std over runs of every per-class and mean metric."""
+    classes = list(runs[0]["per_class"])
+    per_class = {c: {k: _stats([r["per_class"][c].get(k) for r in runs]) for k in metric_keys} for c in classes}
+    mean = {k: _stats([r["mean"].get(k) for r in runs]) for k in metric_keys}
+    return {"per_class": per_class, "mean": mean, "runs": len(runs), "seeds": [r["seed"] for r in runs]}
+
+
+def format_table(agg: Dict[str, Any], names: Mapping[str, str], metric_keys: Sequence[str]) -> str:
+    """The per-class and mean metrics of :func:`aggregate` as a text table, in %."""
+    runs = agg["runs"]
+
+    def cell(stat):
+        if stat["mean"] is None:
+            return "n/a"
+        return f"{100 * stat['mean']:.1f}" + (f" ± {100 * stat['std']:.1f}" if runs > 1 else "")
+
+    headers = ["class"] + [k if k != "class_iou" else "class IoU" for k in metric_keys]
+    rows = [[f"{c} {names.get(c, '')}".strip()] + [cell(agg["per_class"][c][k]) for k in metric_keys]
+            for c in agg["per_class"]]
+    rows.append(["mean"] + [cell(agg["mean"][k]) for k in metric_keys])
+    widths = [max(len(str(r[i])) for r in rows + [headers]) for i in range(len(headers))]
+
+    def line(row):
+        return "  ".join(str(v).ljust(w) if i == 0 else str(v).rjust(w) for i, (v, w) in enumerate(zip(row, widths)))
+
+    sep = "-" * len(line(headers))
+    title = f"metrics in % ({'mean ± std over ' + str(runs) + ' runs' if runs > 1 else '1 run'})"
+    return "\n".join([title, line(headers), sep, *(line(r) for r in rows[:-1]), sep, line(rows[-1])])
+
+
+def run_test(values: Mapping[str, Any], *, checkpoint: Optional[str] = None, output: Optional[str] = None,
+             save_vis: Optional[str] = None, trusted: bool = False) -> Dict[str, Any]:
+    """test.py's whole job: load, run ``test_runs`` seeds, aggregate, write the JSON; returns the results.
+
+    ``values`` are explicit config values (see vipmt.cli); ``checkpoint`` as in
+    :func:`model_under_test`; ``output`` defaults to outputs/test_<dataset>_group<G>.json;
+    ``save_vis`` writes overlays of the first run. The results hold ``table`` (the text table).
+    """
+    early = resolve_config({}, values)
+    if not os.path.exists(dataset_root(early)):                       # before loading any weights
+        raise UserError(dataset_missing_message(early))
+    cfg, loaded = model_under_test(values, checkpoint=checkpoint, trusted=trusted)
+    device = resolve_device(cfg.device)
+    segmenter = make_segmenter(loaded.model.to(device).eval(), cfg)
+    output = output or os.path.join(DEFAULT_RESULTS_DIR, f"test_{cfg.dataset}_group{cfg.group}.json")
+    logger.info("testing %s on %s group %d (%d run(s)), device %s", loaded.description, cfg.dataset, cfg.group,
+                cfg.test_runs, device)
+    metric_keys = metric_names(cfg)
+    runs = []
+    started = time.time()
+    for r in range(cfg.test_runs):
+        runs.append(evaluate_split(cfg, segmenter, device=device, seed=cfg.seed + r,
+                                   vis_dir=save_vis if r == 0 else None))
+        m = runs[-1]["mean"]
+        logger.info("run %d/%d (seed %d): %s", r + 1, cfg.test_runs, cfg.seed + r,
+                    ", ".join(f"{k} {m[k]:.4f}" if m[k] is not None else f"{k} n/a" for k in metric_keys))
+    agg = aggregate(runs, metric_keys)
+    names = runs[0]["class_names"]
+    results = {"checkpoint": loaded.description, "dataset": cfg.dataset, "group": cfg.group,
+               "metrics": metric_keys, "class_names": names, "aggregate": agg, "runs": runs,
+               "config": config_to_dict(cfg), "seconds": round(time.time() - started, 1)}
+    atomic_write_json(output, results)
+    logger.info("results written to %s%s", output, f"; overlays in {save_vis}" if save_vis else "")
+    return dict(results, table=format_table(agg, names, metric_keys), output=output)
