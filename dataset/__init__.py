@@ -36,11 +36,14 @@ DATASETS = {"youtube_vis": YouTubeVISDataset, "minivspw": MiniVSPWDataset}
 def build_dataset(name: str = "youtube_vis", root: str | None = None, split: str = "train",
                   group: int = 1, image_size: Sequence[int] = (240, 424), query_frames: int = 15,
                   support_shots: int = 5, episodes_per_class: int = 100, seed: int = 42,
-                  augment: bool | None = None, **dataset_specific) -> EpisodeDataset:
+                  augment: bool | None = None, letterbox_per_frame: bool = False,
+                  **dataset_specific) -> EpisodeDataset:
     """Build a split of a dataset by name (``youtube_vis`` or ``minivspw``).
 
     ``augment`` defaults to ``split == "train"``; ``root`` defaults to ``data/Youtube-VOS`` or
-    ``data/VSPW_480p``. Extra keyword arguments go to the dataset class (``annotation_file``,
+    ``data/VSPW_480p``. ``letterbox_per_frame=True`` letterboxes every frame with its own size
+    instead of its list's first frame's (a deviation from the authors, see
+    :mod:`dataset.transforms`). Extra keyword arguments go to the dataset class (``annotation_file``,
     ``frames_dir`` for YouTube-VIS; ``lists_dir``, ``show_progress`` for MiniVSPW;
     ``clip_length`` for both).
     """
@@ -49,7 +52,7 @@ def build_dataset(name: str = "youtube_vis", root: str | None = None, split: str
     cls = DATASETS[name]
     kwargs = dict(split=split, group=group, image_size=image_size, query_frames=query_frames,
                   support_shots=support_shots, episodes_per_class=episodes_per_class, seed=seed,
-                  augment=augment, **dataset_specific)
+                  augment=augment, letterbox_per_frame=letterbox_per_frame, **dataset_specific)
     if root is not None:
         kwargs["root"] = root
     accepted = inspect.signature(cls.__init__).parameters

@@ -186,10 +186,12 @@ class MiniVSPWDataset(EpisodeDataset):
                  image_size: Sequence[int] = (240, 424), query_frames: int = 15,
                  support_shots: int = 5, episodes_per_class: int = 100, seed: int = 42,
                  augment: bool | None = None, clip_length: int = CLIP_LENGTH,
+                 letterbox_per_frame: bool = False,
                  lists_dir: str | None = None, show_progress: bool = True):
         super().__init__(split=split, group=group, image_size=image_size, query_frames=query_frames,
                          support_shots=support_shots, episodes_per_class=episodes_per_class,
-                         seed=seed, augment=augment, clip_length=clip_length)
+                         seed=seed, augment=augment, clip_length=clip_length,
+                         letterbox_per_frame=letterbox_per_frame)
         self.root = str(root)
         self.frames_dir = os.path.join(self.root, FRAMES_RELDIR)
         self.lists_dir = lists_dir or os.path.join(self.root, LISTS_RELDIR)
