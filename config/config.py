@@ -62,6 +62,10 @@ DEFAULTS = EasyDict(
         "youtube_vis_root": "data/Youtube-VOS",    # holds train/train.json, train/JPEGImages
         "minivspw_root": "data/VSPW_480p",         # VSPW 480p with lists/ (see dataset/)
         "image_size": [240, 424],                  # (H, W) letterbox size, multiples of 8
+        # The authors letterbox a whole list (query clip/video, support set) with its first frame's
+        # size and offset, stretching frames of another aspect ratio. True letterboxes each frame
+        # with its own size: a deviation that changes inputs and results when sizes are mixed.
+        "letterbox_per_frame": False,
         "group": 1,                                # fold 1..4 (held-out classes)
         "support_shots": 5,                        # annotated support images per episode
         "query_frames": 15,                        # training query frames (3 clips of 5)

@@ -51,6 +51,10 @@ MAX_SUPPORT_TRIES = 20
 class EpisodeDataset(Dataset):
     """Base class; see the module docstring for the episode rules.
 
+    Query frames and supports are letterboxed as two lists, each with its first frame's size
+    (the authors' rule); ``letterbox_per_frame=True`` uses each frame's own size (a deviation,
+    see :mod:`dataset.transforms`).
+
     Items (dicts):
         query_img ``[Tq,3,H,W]`` float32 (ImageNet-normalised), query_mask ``[Tq,1,H,W]`` 0/1,
         support_img ``[S,3,H,W]``, support_mask ``[S,1,H,W]``, class_id int, video str (query
@@ -63,7 +67,8 @@ class EpisodeDataset(Dataset):
     def __init__(self, split: str = "train", group: int = DEFAULTS.group,
                  image_size: Sequence[int] = tuple(DEFAULTS.image_size), query_frames: int = DEFAULTS.query_frames,
                  support_shots: int = DEFAULTS.support_shots, episodes_per_class: int = DEFAULTS.episodes_per_class,
-                 seed: int = DEFAULTS.seed, augment: bool | None = None, clip_length: int = CLIP_LENGTH):
+                 seed: int = DEFAULTS.seed, augment: bool | None = None, clip_length: int = CLIP_LENGTH,
+                 letterbox_per_frame: bool = False):
         if split not in SPLITS:
             raise DatasetError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
         if group not in GROUPS:
@@ -86,7 +91,9 @@ class EpisodeDataset(Dataset):
         self.clip_length = int(clip_length)
         self.seed = int(seed)
         self.augment = (split == "train") if augment is None else bool(augment)
-        self.transform = (TrainTransform if self.augment else TestTransform)(self.image_size)
+        self.letterbox_per_frame = bool(letterbox_per_frame)
+        self.transform = (TrainTransform if self.augment else TestTransform)(
+            self.image_size, letterbox_per_frame=self.letterbox_per_frame)
         self.epoch = 0
         self.classes: list[int] = []
         self._test_items: list[tuple[int, str]] = []

@@ -1,31 +1,47 @@
-"""Generate the MiniVSPW fold lists (SPEC section 9) from a VSPW 480p download.
+"""The MiniVSPW fold lists (the TTI split of VSPW 480p): generate them, or check a set of lists.
 
-Reads ``<vspw-root>/train.txt`` and ``val.txt`` (VSPW's video splits), the label file
-``label_num_dic_final.json`` (class name -> VSPW id) and every mask PNG of those videos, and writes
-for each fold ``i`` in 0..3 into ``<out>`` (default ``<vspw-root>/lists/nminivspw_pascal``):
+The TTI authors (Siam et al.) publish the lists in their repository (``lists/nminivspw_pascal/``
+of https://github.com/MSiam/tti_fsvos); copying those into ``<vspw-root>/lists/nminivspw_pascal``
+works as well as generating them here. Generation reads ``<vspw-root>/train.txt`` and ``val.txt``
+(VSPW's video splits), the label file ``label_num_dic_final.json`` (class name -> VSPW id) and
+every mask PNG of those videos, and writes for each fold ``i`` in 0..3 into ``<out>`` (default
+``<vspw-root>/lists/nminivspw_pascal``):
 
 * ``{train,val,test}_i.txt``: one frame per line, ``<video> <video>/mask/<frame>.png``; a frame is
   listed when a class of that split covers more than ``--min-pixels`` (100) pixels of it; train
-  lines come from VSPW's train videos, val and test lines from VSPW's val videos;
-* ``class_{train,val,test}_i.json``: ``{"<VSPW id>": "<name>"}`` of the split's classes;
+  lines come from VSPW's train videos, val and test lines from VSPW's val videos, videos in the
+  order of ``train.txt`` / ``val.txt``, frames sorted by name (the published lists' order);
+* ``class_{train,val,test}_i.json``: ``{"<VSPW id>": "<name>"}`` of the split's classes, in the
+  published files' order and format (``json.dumps``, one line, no trailing newline);
 * ``.index_{train,val,test}_i.json``: the loader's index cache (see :mod:`dataset.minivspw`).
 
-Classes (TTI split, by name; ids come from the label file): test classes per fold as below, the
-other 15 of the 20 train, and the 5 validation classes are the same for every fold. Another
-assignment can be given with ``--fold-spec FILE`` (JSON: ``{"test": [[names of fold 0], ...
-4 lists], "val": [names]}``). Output is deterministic (sorted videos and frames).
+Classes: the 25 classes of ``TTI_CLASS_ORDER``. Per fold, the 5 test classes and the 5
+validation classes are those of ``TTI_TEST_CLASSES`` / ``TTI_VAL_CLASSES`` (validation classes
+differ per fold), in that order; the 15 training classes are the remaining ones, in the order of
+``TTI_CLASS_ORDER``. Another assignment can be given with ``--fold-spec FILE`` (JSON:
+``{"test": [4 lists of names], "val": [names] or [4 lists], "classes": [names, optional]}``;
+training classes are the other classes of ``classes``, default every test and val class in order
+of first appearance). Output is deterministic.
+
+``--check DIR`` compares a set of lists (generated or downloaded) with the published ones: the
+class files' ids, names and order, and the line count, distinct video count and SHA-256 of every
+published list whose numbers are known (``PUBLISHED_LISTS``). It names every file that differs
+and exits with status 1 if any does.
 
     python -m dataset.minivspw_lists --vspw-root data/VSPW_480p [--out DIR] [--workers 8]
+    python -m dataset.minivspw_lists --check data/VSPW_480p/lists/nminivspw_pascal
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
 import sys
 import time
+from dataclasses import dataclass
 from multiprocessing import Pool
 from typing import Sequence
 
@@ -33,7 +49,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import DatasetError
-from utils.fileio import atomic_write_json, atomic_write_text
+from utils.fileio import atomic_write_text
 from .minivspw import (FRAMES_RELDIR, LISTS_RELDIR, MASK_FOLDER, MASK_SUFFIX, cache_file,
                        class_file, list_file, read_label_image, write_index_cache)
 
@@ -42,14 +58,55 @@ logger = logging.getLogger(__name__)
 LABEL_FILE = "label_num_dic_final.json"
 MIN_CLASS_PIXELS = 100
 NUM_FOLDS = 4
+# The TTI split (names as in VSPW's label file; ids of VSPW 480p in TTI_CLASS_IDS).
+TTI_CLASS_ORDER = (
+    "airplane", "bicycle", "ship_or_boat", "bottle_or_cup", "bus", "car", "cat", "chair_or_seat",
+    "cattle", "table_or_desk", "dog", "horse", "motorcycle", "person", "flower_pot_or_vase", "sofa",
+    "train", "screen_or_television", "book", "truck", "blackboard", "billboard_or_Bulletin_Board",
+    "parasol_or_umbrella", "cushion_or_carpet", "tent",
+)
 TTI_TEST_CLASSES = (
     ("airplane", "bicycle", "ship_or_boat", "bottle_or_cup", "book"),
     ("bus", "car", "cat", "chair_or_seat", "truck"),
     ("dog", "horse", "motorcycle", "person", "table_or_desk"),
     ("flower_pot_or_vase", "sofa", "train", "screen_or_television", "cattle"),
 )
-TTI_VAL_CLASSES = ("blackboard", "billboard_or_Bulletin_Board", "parasol_or_umbrella",
-                   "cushion_or_carpet", "tent")
+TTI_VAL_CLASSES = (
+    ("blackboard", "tent", "truck", "parasol_or_umbrella", "cushion_or_carpet"),
+    ("billboard_or_Bulletin_Board", "blackboard", "book", "parasol_or_umbrella", "cushion_or_carpet"),
+    ("blackboard", "billboard_or_Bulletin_Board", "parasol_or_umbrella", "cushion_or_carpet", "tent"),
+    ("blackboard", "billboard_or_Bulletin_Board", "parasol_or_umbrella", "cushion_or_carpet", "tent"),
+)
+TTI_CLASS_IDS = {
+    "airplane": 57, "bicycle": 52, "ship_or_boat": 55, "bottle_or_cup": 85, "bus": 50, "car": 49,
+    "cat": 62, "chair_or_seat": 91, "cattle": 65, "table_or_desk": 90, "dog": 63, "horse": 64,
+    "motorcycle": 53, "person": 61, "flower_pot_or_vase": 109, "sofa": 93, "train": 124,
+    "screen_or_television": 115, "book": 111, "truck": 51, "blackboard": 113,
+    "billboard_or_Bulletin_Board": 41, "parasol_or_umbrella": 45, "cushion_or_carpet": 46, "tent": 47,
+}
+
+
+@dataclass(frozen=True)
+class PublishedList:
+    """What is known of a published list file: line count, distinct videos, SHA-256 prefix."""
+    lines: int
+    videos: int | None = None
+    sha256_prefix: str | None = None     # first 16 hex digits
+
+
+# The published TTI lists (lists/nminivspw_pascal/ of their repository).
+PUBLISHED_LISTS = {
+    "test_0.txt": PublishedList(3140, 61, "b8a1ff24b96e6f21"),
+    "test_1.txt": PublishedList(5883, 96, "3f606f5d72bf1f7c"),
+    "test_2.txt": PublishedList(17660, 261, "b88ba60a4edb8149"),
+    "test_3.txt": PublishedList(4060, 64, "a50b5533e163b134"),
+    "val_0.txt": PublishedList(2348, 36, "2d3533c08f2d78dd"),
+    "val_1.txt": PublishedList(2938, 49, "864a331604606017"),
+    "val_2.txt": PublishedList(3210, 51, "e7e024ff6797f951"),
+    "val_3.txt": PublishedList(3210, 51, "e7e024ff6797f951"),
+    "train_2.txt": PublishedList(71813),
+}
+SPLITS = ("train", "val", "test")
 
 
 def read_label_file(path: str) -> dict[str, int]:
@@ -80,28 +137,63 @@ def read_label_file(path: str) -> dict[str, int]:
 
 
 def read_video_split(path: str) -> list[str]:
+    """The videos of a VSPW split file, in file order (duplicates and blank lines dropped)."""
     try:
         with open(path, encoding="utf-8") as handle:
-            return sorted({line.strip() for line in handle if line.strip()})
+            names = [line.strip() for line in handle if line.strip()]
     except FileNotFoundError:
         raise DatasetError(f"VSPW split file not found: {path} (VSPW 480p ships train.txt and "
                            f"val.txt listing its videos)") from None
+    return list(dict.fromkeys(names))
 
 
-def fold_class_names(fold_spec: dict | None = None):
-    """``(test names per fold, val names)``, the TTI split unless ``fold_spec`` overrides it."""
+@dataclass(frozen=True)
+class FoldClasses:
+    """Class names of one fold's splits, each in its class file's order."""
+    train: list
+    val: list
+    test: list
+
+
+def fold_class_names(fold_spec: dict | None = None) -> list[FoldClasses]:
+    """The classes of the 4 folds: the TTI split unless ``fold_spec`` overrides it.
+
+    Training classes are the classes of the overall order (``TTI_CLASS_ORDER``, or the spec's
+    ``classes``) that are neither test nor validation classes of the fold, in that order.
+    """
     if fold_spec is None:
-        return [list(names) for names in TTI_TEST_CLASSES], list(TTI_VAL_CLASSES)
-    try:
-        test = [list(map(str, names)) for names in fold_spec["test"]]
-        val = list(map(str, fold_spec["val"]))
-    except (KeyError, TypeError):
-        raise DatasetError("fold spec must be {\"test\": [[names of fold 0], ... 4 lists], "
-                           "\"val\": [names]}") from None
-    if len(test) != NUM_FOLDS or any(not names for names in test) or not val:
-        raise DatasetError(f"fold spec needs {NUM_FOLDS} non-empty test class lists and a "
-                           f"non-empty val list")
-    return test, val
+        order, test, val = list(TTI_CLASS_ORDER), TTI_TEST_CLASSES, TTI_VAL_CLASSES
+    else:
+        usage = ("fold spec must be {\"test\": [4 lists of names], \"val\": [names] or [4 lists of "
+                 "names], \"classes\": [names] (optional)}")
+        try:
+            test = [[str(n) for n in names] for names in fold_spec["test"]]
+            val = fold_spec["val"]
+            if val and all(isinstance(v, str) for v in val):
+                val = [list(val)] * NUM_FOLDS
+            val = [[str(n) for n in names] for names in val]
+            order = fold_spec.get("classes")
+        except (KeyError, TypeError, AttributeError):
+            raise DatasetError(usage) from None
+        if len(test) != NUM_FOLDS or len(val) != NUM_FOLDS or not all(test) or not all(val):
+            raise DatasetError(f"fold spec needs {NUM_FOLDS} non-empty test and val class lists; {usage}")
+        if order is None:
+            order = list(dict.fromkeys([n for names in test for n in names] + [n for names in val for n in names]))
+        order = [str(n) for n in order]
+        unknown = sorted({n for names in test + val for n in names} - set(order))
+        if unknown:
+            raise DatasetError(f"fold spec: class(es) {', '.join(unknown)} are not in its \"classes\" list")
+    folds = []
+    for fold in range(NUM_FOLDS):
+        held_out = set(test[fold]) | set(val[fold])
+        folds.append(FoldClasses(train=[n for n in order if n not in held_out],
+                                 val=list(val[fold]), test=list(test[fold])))
+    return folds
+
+
+def class_file_text(classes: Sequence[tuple[int, str]]) -> str:
+    """A class file's text: ``{"<id>": "<name>", ...}`` in order, as the published files write it."""
+    return json.dumps({str(class_id): name for class_id, name in classes})
 
 
 def _scan_video(job: tuple[str, str, tuple[int, ...]]):
@@ -131,13 +223,13 @@ def generate_lists(vspw_root: str, out_dir: str | None = None, label_file: str |
                            f"<vspw-root>/data/<video>/origin/*.jpg and mask/*.png)")
     out_dir = out_dir or os.path.join(vspw_root, LISTS_RELDIR)
     names_to_ids = read_label_file(label_file or os.path.join(vspw_root, LABEL_FILE))
-    test_names, val_names = fold_class_names(fold_spec)
-    all_names = sorted({n for names in test_names for n in names})
-    missing = [n for n in all_names + val_names if n not in names_to_ids]
+    folds = fold_class_names(fold_spec)
+    all_names = list(dict.fromkeys(n for fold in folds for split in SPLITS for n in getattr(fold, split)))
+    missing = [n for n in all_names if n not in names_to_ids]
     if missing:
         raise DatasetError(f"class name(s) {', '.join(missing)} not in the VSPW label file "
                            f"{label_file or os.path.join(vspw_root, LABEL_FILE)}")
-    ids = {n: names_to_ids[n] for n in all_names + val_names}
+    ids = {n: names_to_ids[n] for n in all_names}
     wanted = tuple(sorted(set(ids.values())))
     train_videos = read_video_split(os.path.join(vspw_root, "train.txt"))
     val_videos = read_video_split(os.path.join(vspw_root, "val.txt"))
@@ -160,12 +252,11 @@ def generate_lists(vspw_root: str, out_dir: str | None = None, label_file: str |
     logger.info("scanned the masks of %d VSPW videos in %.1f s", len(jobs), time.perf_counter() - start)
 
     os.makedirs(out_dir, exist_ok=True)
-    for fold in range(NUM_FOLDS):
-        test_ids = sorted(ids[n] for n in test_names[fold])
-        train_ids = sorted({ids[n] for names in test_names for n in names} - set(test_ids))
-        val_ids = sorted(ids[n] for n in val_names)
-        for split, class_ids, videos in (("train", train_ids, train_videos), ("val", val_ids, val_videos),
-                                         ("test", test_ids, val_videos)):
+    for fold, classes in enumerate(folds):
+        for split in SPLITS:
+            names = getattr(classes, split)
+            class_ids = [ids[n] for n in names]
+            videos = train_videos if split == "train" else val_videos
             lines = []
             index: dict[int, dict[str, list[str]]] = {c: {} for c in class_ids}
             for video in videos:
@@ -178,9 +269,7 @@ def generate_lists(vspw_root: str, out_dir: str | None = None, label_file: str |
                             index[c].setdefault(video, []).append(stem)
             list_path = list_file(out_dir, split, fold)
             atomic_write_text(list_path, "".join(lines))
-            id_to_name = {i: n for n, i in names_to_ids.items()}
-            atomic_write_json(class_file(out_dir, split, fold),
-                              {str(c): id_to_name[c] for c in class_ids}, indent=1)
+            atomic_write_text(class_file(out_dir, split, fold), class_file_text(list(zip(class_ids, names))))
             write_index_cache(cache_file(out_dir, split, fold), list_path, class_ids, index)
             empty = [c for c in class_ids if not index[c]]
             if empty:
@@ -190,11 +279,103 @@ def generate_lists(vspw_root: str, out_dir: str | None = None, label_file: str |
     return out_dir
 
 
+# ----------------------------------------------------------------------------- check
+@dataclass(frozen=True)
+class FileCheck:
+    """The verdict on one file: ``ok`` True/False, or None when nothing published is known of it."""
+    name: str
+    ok: bool | None
+    detail: str
+
+
+def describe_list(path: str) -> tuple[int, int, str]:
+    """(line count, distinct videos, SHA-256 hex) of a list file."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    videos = {line.split()[0] for line in lines if line.split()}
+    return len(lines), len(videos), hashlib.sha256(data).hexdigest()
+
+
+def _check_class_file(path: str, expected: list[tuple[int, str]]) -> FileCheck:
+    name = os.path.basename(path)
+    if not os.path.isfile(path):
+        return FileCheck(name, False, "missing")
+    try:
+        with open(path, "rb") as handle:
+            data = json.load(handle)
+        found = [(int(key), str(value)) for key, value in data.items()]
+    except (ValueError, AttributeError, TypeError) as err:
+        return FileCheck(name, False, f"not a JSON object of VSPW id -> name ({err})")
+    show = lambda classes: ", ".join(f"{i} {n}" for i, n in classes)
+    if found != expected:
+        return FileCheck(name, False, f"classes {show(found)}; published: {show(expected)}")
+    return FileCheck(name, True, show(found))
+
+
+def _check_list_file(path: str, published: PublishedList | None) -> FileCheck:
+    name = os.path.basename(path)
+    if not os.path.isfile(path):
+        return FileCheck(name, False, "missing")
+    lines, videos, digest = describe_list(path)
+    measured = f"{lines} lines, {videos} videos, sha256 {digest[:16]}"
+    if published is None:
+        return FileCheck(name, None, f"{measured} (no published numbers)")
+    wrong = []
+    if lines != published.lines:
+        wrong.append(f"lines {lines} (published {published.lines})")
+    if published.videos is not None and videos != published.videos:
+        wrong.append(f"videos {videos} (published {published.videos})")
+    if published.sha256_prefix is not None and digest[:16] != published.sha256_prefix:
+        wrong.append(f"sha256 {digest[:16]} (published {published.sha256_prefix})")
+    return FileCheck(name, not wrong, "; ".join(wrong) if wrong else measured)
+
+
+def check_lists(lists_dir: str, published: dict | None = None) -> list[FileCheck]:
+    """Compare the 24 files of a MiniVSPW list folder with the published TTI lists.
+
+    Class files must hold the TTI classes (ids, names and order); list files with published
+    numbers (``published``, default ``PUBLISHED_LISTS``) must match their line count, distinct
+    video count and SHA-256 prefix, as far as each is known.
+    """
+    if not os.path.isdir(lists_dir):
+        raise DatasetError(f"list folder not found: {lists_dir}")
+    published = PUBLISHED_LISTS if published is None else published
+    results = []
+    for fold, classes in enumerate(fold_class_names()):
+        for split in SPLITS:
+            expected = [(TTI_CLASS_IDS[n], n) for n in getattr(classes, split)]
+            results.append(_check_class_file(class_file(lists_dir, split, fold), expected))
+            path = list_file(lists_dir, split, fold)
+            results.append(_check_list_file(path, published.get(os.path.basename(path))))
+    return results
+
+
+def report_check(results: list[FileCheck], lists_dir: str) -> int:
+    """Print one line per file and a summary; the number of files that differ."""
+    labels = {True: "ok", False: "DIFFERS", None: "unknown"}
+    for result in results:
+        print(f"{labels[result.ok]:8s}{result.name}: {result.detail}")
+    differ = [r.name for r in results if r.ok is False]
+    if differ:
+        print(f"{len(differ)} file(s) in {lists_dir} differ from the published MiniVSPW lists: "
+              f"{', '.join(differ)}", file=sys.stderr)
+    else:
+        print(f"every file in {lists_dir} matches what is published of the MiniVSPW lists")
+    return len(differ)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dataset.minivspw_lists",
-                                     description="Generate the MiniVSPW fold lists from VSPW 480p.")
-    parser.add_argument("--vspw-root", required=True,
-                        help="VSPW 480p folder (data/, train.txt, val.txt, label_num_dic_final.json)")
+    parser = argparse.ArgumentParser(
+        prog="python -m dataset.minivspw_lists",
+        description="Generate the MiniVSPW fold lists from VSPW 480p, or check a set of lists against "
+                    "the published ones (TTI repository, lists/nminivspw_pascal/).")
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--vspw-root",
+                      help="generate from this VSPW 480p folder (data/, train.txt, val.txt, label_num_dic_final.json)")
+    mode.add_argument("--check", metavar="DIR",
+                      help="compare the lists in DIR (generated or downloaded) with the published ones; "
+                           "exit status 1 if any file differs")
     parser.add_argument("--out", default=None, help="output folder (default <vspw-root>/lists/nminivspw_pascal)")
     parser.add_argument("--label-file", default=None, help=f"default <vspw-root>/{LABEL_FILE}")
     parser.add_argument("--fold-spec", default=None, help="JSON file with other fold classes")
@@ -204,6 +385,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
+        if args.check:
+            return 1 if report_check(check_lists(args.check), args.check) else 0
         spec = None
         if args.fold_spec:
             try:
@@ -216,6 +399,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"MiniVSPW lists written to {out}")
+    if spec is None and args.min_pixels == MIN_CLASS_PIXELS:
+        differ = [r.name for r in check_lists(out) if r.ok is False]
+        print("they match what is published of the TTI lists" if not differ else
+              f"{len(differ)} of them differ from the published TTI lists ({', '.join(differ)}); expected "
+              f"unless this is the complete VSPW 480p (details: python -m dataset.minivspw_lists --check {out})")
     return 0
 
 

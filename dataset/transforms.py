@@ -16,9 +16,13 @@ Faithful quirks kept on purpose (they define the masks training and evaluation s
   *except the first* gets one shared random crop + affine; one contrast factor and one additive
   noise value for the whole list; the whole list is flipped with probability 0.5.
 
-Documented difference from the authors' code: the letterbox geometry is computed for each frame
-from its own size (the authors used the first frame's size for every frame of the list, which
-stretches support frames of another aspect ratio). For frames of one size this is identical.
+* the letterbox size and offset of a whole list come from its **first** frame: every frame of
+  the list is resized to them, so a frame of another aspect ratio is stretched (support sets mix
+  videos of several sizes).
+
+``letterbox_per_frame=True`` (config key ``letterbox_per_frame``) letterboxes each frame with its
+own size instead: a deliberate deviation from the authors that changes the inputs (and results)
+whenever a list mixes frame sizes; for lists of one size both rules give the same output.
 """
 
 from __future__ import annotations
@@ -60,23 +64,37 @@ def letterbox_geometry(height: int, width: int, out_height: int, out_width: int)
     return new_height, new_width, (out_height - new_height) // 2, (out_width - new_width) // 2
 
 
-def letterbox_image(image: np.ndarray, out_size: tuple[int, int]) -> np.ndarray:
-    """Bilinear letterbox of a float image ``[h, w, 3]`` onto a zero canvas ``[H, W, 3]``."""
+def _letterbox_geometry_of(shape: Sequence[int], out_size: tuple[int, int],
+                           source_size: Sequence[int] | None):
+    """Geometry of ``source_size`` (default: the array's own ``shape[:2]``) in ``out_size``."""
+    height, width = shape[:2] if source_size is None else source_size
+    return letterbox_geometry(int(height), int(width), *out_size)
+
+
+def letterbox_image(image: np.ndarray, out_size: tuple[int, int],
+                    source_size: Sequence[int] | None = None) -> np.ndarray:
+    """Bilinear letterbox of a float image ``[h, w, 3]`` onto a zero canvas ``[H, W, 3]``.
+
+    ``source_size`` ``(h0, w0)``: take the size and offset a ``h0 x w0`` frame would get (the
+    image is stretched to them when its aspect ratio differs); default: the image's own size.
+    """
     out_height, out_width = out_size
-    new_height, new_width, top, left = letterbox_geometry(*image.shape[:2], out_height, out_width)
+    new_height, new_width, top, left = _letterbox_geometry_of(image.shape, out_size, source_size)
     canvas = np.zeros((out_height, out_width, 3), dtype=np.float32)
     canvas[top:top + new_height, left:left + new_width] = cv2.resize(
         image.astype(np.float32, copy=False), (new_width, new_height), interpolation=cv2.INTER_LINEAR)
     return canvas
 
 
-def letterbox_mask(mask: np.ndarray, out_size: tuple[int, int]) -> np.ndarray:
+def letterbox_mask(mask: np.ndarray, out_size: tuple[int, int],
+                   source_size: Sequence[int] | None = None) -> np.ndarray:
     """Letterbox a 0/1 mask ``[h, w]`` to ``uint8 [H, W]``: bilinear, then truncated.
 
     Only pixels whose resized value is exactly 1.0 stay object (SPEC section 9).
+    ``source_size`` as in :func:`letterbox_image`.
     """
     out_height, out_width = out_size
-    new_height, new_width, top, left = letterbox_geometry(*mask.shape[:2], out_height, out_width)
+    new_height, new_width, top, left = _letterbox_geometry_of(mask.shape, out_size, source_size)
     canvas = np.zeros((out_height, out_width), dtype=np.float32)
     canvas[top:top + new_height, left:left + new_width] = cv2.resize(
         mask.astype(np.float32), (new_width, new_height), interpolation=cv2.INTER_LINEAR)
@@ -98,29 +116,37 @@ def _check_lists(frames: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> N
                                f"the same size, got {frame.shape} and {mask.shape}")
 
 
-def _finish(images: list[np.ndarray], masks: list[np.ndarray], out_size: tuple[int, int]):
-    """Letterbox + normalise + stack: float images, masks in -> ([T,3,H,W], [T,1,H,W])."""
-    image_stack = np.stack([normalise(letterbox_image(img, out_size)) for img in images])
-    mask_stack = np.stack([letterbox_mask(m, out_size) for m in masks])
+def _finish(images: list[np.ndarray], masks: list[np.ndarray], out_size: tuple[int, int], per_frame: bool):
+    """Letterbox + normalise + stack: float images, masks in -> ([T,3,H,W], [T,1,H,W]).
+
+    The letterbox geometry is the first frame's for the whole list unless ``per_frame``."""
+    source = None if per_frame else images[0].shape[:2]
+    image_stack = np.stack([normalise(letterbox_image(img, out_size, source)) for img in images])
+    mask_stack = np.stack([letterbox_mask(m, out_size, source) for m in masks])
     image_tensor = torch.from_numpy(rearrange(image_stack, "t h w c -> t c h w").copy())
     mask_tensor = torch.from_numpy(rearrange(mask_stack, "t h w -> t 1 h w").copy()).float()
     return image_tensor, mask_tensor
 
 
 class TestTransform:
-    """Letterbox + normalise only (no transpose, no randomness)."""
+    """Letterbox + normalise only (no transpose, no randomness).
+
+    ``letterbox_per_frame``: letterbox each frame with its own size instead of the list's first
+    frame's (a deviation from the authors, see the module docstring).
+    """
 
     __test__ = False  # not a pytest test class despite its name
 
-    def __init__(self, image_size: Sequence[int] = tuple(DEFAULTS.image_size)):
+    def __init__(self, image_size: Sequence[int] = tuple(DEFAULTS.image_size), letterbox_per_frame: bool = False):
         self.image_size = check_image_size(image_size, error=DatasetError)
+        self.letterbox_per_frame = bool(letterbox_per_frame)
 
     def __call__(self, frames: Sequence[np.ndarray], masks: Sequence[np.ndarray],
                  rng: np.random.Generator | None = None):
         """frames ``uint8 [h,w,3]`` + masks ``[h,w]`` -> ``([T,3,H,W], [T,1,H,W])``; ``rng`` unused."""
         _check_lists(frames, masks)
         images = [np.asarray(f, dtype=np.float32) for f in frames]
-        return _finish(images, [np.asarray(m) for m in masks], self.image_size)
+        return _finish(images, [np.asarray(m) for m in masks], self.image_size, self.letterbox_per_frame)
 
 
 class TrainTransform:
@@ -128,11 +154,13 @@ class TrainTransform:
 
     Order: transpose (if the first frame is portrait), shared crop + affine on frames 1..T-1
     (imgaug, masks as segmentation maps), float, contrast, additive noise, horizontal flip,
-    letterbox, normalise.
+    letterbox (with the first frame's geometry, as it is after the transpose; per frame if
+    ``letterbox_per_frame``), normalise.
     """
 
-    def __init__(self, image_size: Sequence[int] = tuple(DEFAULTS.image_size)):
+    def __init__(self, image_size: Sequence[int] = tuple(DEFAULTS.image_size), letterbox_per_frame: bool = False):
         self.image_size = check_image_size(image_size, error=DatasetError)
+        self.letterbox_per_frame = bool(letterbox_per_frame)
 
     @staticmethod
     def _geometric_augmenter(seed: int) -> iaa.Augmenter:
@@ -169,4 +197,4 @@ class TrainTransform:
         if rng.random() < FLIP_PROBABILITY:
             float_images = [img[:, ::-1] for img in float_images]
             float_masks = [m[:, ::-1] for m in float_masks]
-        return _finish(float_images, float_masks, self.image_size)
+        return _finish(float_images, float_masks, self.image_size, self.letterbox_per_frame)

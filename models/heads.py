@@ -1,4 +1,4 @@
-"""Classifier, score head and the fixed 8x upsampler (SPEC sections 3.6 and 5)."""
+"""Classifier, score head and the trained 8x upsampler (SPEC sections 3.6 and 5)."""
 from __future__ import annotations
 
 import torch
@@ -45,9 +45,7 @@ class ScoreHead(nn.Module):
         super().__init__()
         c = SCORE_CHANNELS
         multi_level = c + sum(LEVEL_CHANNELS[k] for k in ("1", "2", "3"))
-        self.donw_samp = nn.Conv2d(LEVEL_CHANNELS["0"], c, 3, stride=2, padding=1)  # (sic) reference name
-        self.fuse_conv1 = nn.Conv2d(multi_level, c, 3, padding=1)
-        self.fuse_conv2 = nn.Conv2d(c, c, 3, padding=1)
+        # Registered in the reference order (state dict and optimiser parameter order).
         self.conv1 = nn.Conv2d(c + PFE_CHANNELS, c, 3, stride=2, padding=1)
         self.conv2 = nn.Conv2d(c, c, 3, padding=1)
         self.conv3 = nn.Conv2d(c, c, 3, padding=1)
@@ -55,6 +53,9 @@ class ScoreHead(nn.Module):
         fh, fw = score_feature_size(image_size)
         self.fc1 = nn.Linear(c * fh * fw, SCORE_HIDDEN)
         self.fc2 = nn.Linear(SCORE_HIDDEN, 1)
+        self.donw_samp = nn.Conv2d(LEVEL_CHANNELS["0"], c, 3, stride=2, padding=1)  # (sic) reference name
+        self.fuse_conv1 = nn.Conv2d(multi_level, c, 3, padding=1)
+        self.fuse_conv2 = nn.Conv2d(c, c, 3, padding=1)
 
     def forward(self, levels: dict[str, torch.Tensor], pfe: torch.Tensor) -> torch.Tensor:
         """levels {'0'..'3'} [N,C_k,h_k,w_k] backbone features; pfe [N,5,h,w] -> score [N] in (0,1)."""
@@ -69,16 +70,18 @@ class ScoreHead(nn.Module):
 
 
 class BoxUpsampler(nn.Module):
-    """Nearest 8x upsampling, then a depthwise 9x9 box filter (constant 1/81).
+    """Nearest 8x upsampling, then a depthwise 9x9 convolution initialised to the box filter 1/81.
 
-    The reference keeps the filter as a parameter it never trains; here it is a buffer named
-    `weight`, so state dicts keep the reference key and no optimiser sees it.
+    The filter `weight` [2,1,9,9] is a trained parameter, as in the authors' training: their
+    optimiser updates (with weight decay) each channel of both upsamplers on its own, so their
+    checkpoints hold learned per-channel filters. Each channel has its own storage here (the
+    authors' expanded CPU view only became contiguous when they moved the model to the GPU).
     """
 
     def __init__(self, channels: int = NUM_CLASSES, scale: int = OUTPUT_STRIDE, kernel: int = UPSAMPLE_KERNEL):
         super().__init__()
         self.scale = scale
-        self.register_buffer("weight", torch.full((channels, 1, kernel, kernel), 1.0 / kernel ** 2))
+        self.weight = nn.Parameter(torch.full((channels, 1, kernel, kernel), 1.0 / kernel ** 2))
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
         """logits [N,2,h,w] -> [N,2,8h,8w]."""

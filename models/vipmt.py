@@ -88,19 +88,21 @@ class VIPMT(nn.Module):
         self.image_size = check_image_size(image_size, error=ModelError)
         dim = FEATURE_DIM
         multi_level = 512 + 1024  # layer2 + layer3
-        self.backbone = Backbone(None if backbone_weights is None else str(backbone_weights))
-        self.adjust_feature_qry = self._reduce_block(multi_level, dim)
+        # Modules are registered in the reference order, so that state dicts and the optimiser's
+        # parameter list (train.py: every parameter that requires grad) follow the authors' order.
         self.adjust_feature_supp = self._reduce_block(multi_level, dim)
+        self.adjust_feature_qry = self._reduce_block(multi_level, dim)
         self.qry_merge_feat = conv_relu(2 * dim + 1, dim, 1)      # features, global prototype, prior
         self.supp_merge_feat = conv_relu(2 * dim, dim, 1)         # features, frame prototype
-        self.merge_res = residual_block(dim)
-        self.ini_cls = classifier(dim)
         self.transformer = VIPMTTransformer(dim)
         self.merge_multi_lvl_reduce = conv_relu(dim, dim, 1)
         self.merge_multi_lvl_sum = residual_block(dim)
+        self.merge_res = residual_block(dim)
+        self.ini_cls = classifier(dim)
         self.cls = classifier(dim)
         self.score_head = ScoreHead(self.image_size)
-        self.upsample1 = BoxUpsampler()
+        self.backbone = Backbone(None if backbone_weights is None else str(backbone_weights))
+        self.upsample1 = BoxUpsampler()     # trained, like every non-backbone weight
         self.upsample2 = BoxUpsampler()
         self.channel_pool = ChannelPool()
         self.loss_weights = loss_weights or LossWeights()

@@ -1,6 +1,7 @@
 """MiniVSPW: list generation from a VSPW tree, the loader, its index cache, bad input."""
 
 import filecmp
+import hashlib
 import json
 import os
 import shutil
@@ -13,12 +14,29 @@ from PIL import Image
 from dataset import DatasetError, MiniVSPWDataset, build_dataset
 from synthetic import write_synthetic_vspw
 from dataset.minivspw import cache_file
-from dataset.minivspw_lists import generate_lists, main as lists_main
+from dataset.minivspw_lists import PublishedList, check_lists, fold_class_names, generate_lists, main as lists_main
 
 FRAME_SIZE = (64, 112)
 # SPEC section 9 (TTI split), VSPW ids
 TEST_IDS = [{57, 52, 55, 85, 111}, {50, 49, 62, 91, 51}, {63, 64, 53, 61, 90}, {109, 93, 124, 115, 65}]
-VAL_IDS = {113, 41, 45, 46, 47}
+# The published class files of the TTI repository, verbatim (ids, names and order).
+PUBLISHED_CLASS_FILES = {
+    "class_test_0.json": '{"57": "airplane", "52": "bicycle", "55": "ship_or_boat", "85": "bottle_or_cup", '
+                         '"111": "book"}',
+    "class_val_0.json": '{"113": "blackboard", "47": "tent", "51": "truck", "45": "parasol_or_umbrella", '
+                        '"46": "cushion_or_carpet"}',
+    "class_train_0.json": '{"50": "bus", "49": "car", "62": "cat", "91": "chair_or_seat", "65": "cattle", '
+                          '"90": "table_or_desk", "63": "dog", "64": "horse", "53": "motorcycle", "61": "person", '
+                          '"109": "flower_pot_or_vase", "93": "sofa", "124": "train", "115": "screen_or_television", '
+                          '"41": "billboard_or_Bulletin_Board"}',
+    "class_train_2.json": '{"57": "airplane", "52": "bicycle", "55": "ship_or_boat", "85": "bottle_or_cup", '
+                          '"50": "bus", "49": "car", "62": "cat", "91": "chair_or_seat", "65": "cattle", '
+                          '"109": "flower_pot_or_vase", "93": "sofa", "124": "train", "115": "screen_or_television", '
+                          '"111": "book", "51": "truck"}',
+}
+# Validation classes per fold, in the class files' order (SPEC section 9)
+VAL_IDS = [[113, 47, 51, 45, 46], [41, 113, 111, 45, 46], [113, 41, 45, 46, 47], [113, 41, 45, 46, 47]]
+ALL_IDS = set().union(*TEST_IDS) | {113, 41, 45, 46, 47}
 
 
 @pytest.fixture(scope="module")
@@ -41,16 +59,25 @@ def labels(root, video, stem):
     return np.asarray(Image.open(os.path.join(root, "data", video, "mask", stem + ".png")))
 
 
-def test_class_files_hold_the_tti_folds(vspw_root):
-    all_ids = set().union(*TEST_IDS)
+def class_ids_in_order(root, split, fold):
+    with open(os.path.join(lists_dir(root), f"class_{split}_{fold}.json")) as handle:
+        return [int(k) for k in json.load(handle)]      # JSON objects keep their order
+
+
+def test_class_files_are_the_published_ones(vspw_root):
+    for name, text in PUBLISHED_CLASS_FILES.items():
+        with open(os.path.join(lists_dir(vspw_root), name)) as handle:
+            assert handle.read() == text, name
     for fold in range(4):
-        classes = {}
-        for split in ("train", "val", "test"):
-            with open(os.path.join(lists_dir(vspw_root), f"class_{split}_{fold}.json")) as handle:
-                classes[split] = {int(k) for k in json.load(handle)}
-        assert classes["test"] == TEST_IDS[fold]
-        assert classes["train"] == all_ids - TEST_IDS[fold] and len(classes["train"]) == 15
-        assert classes["val"] == VAL_IDS
+        test, val, train = (class_ids_in_order(vspw_root, split, fold) for split in ("test", "val", "train"))
+        assert set(test) == TEST_IDS[fold] and len(test) == 5
+        assert val == VAL_IDS[fold]
+        assert set(train) == ALL_IDS - set(test) - set(val) and len(train) == 15
+    # fold 0 trains billboard (41) and validates truck (51); fold 1 trains tent (47), validates book (111)
+    assert 41 in class_ids_in_order(vspw_root, "train", 0) and 51 not in class_ids_in_order(vspw_root, "train", 0)
+    assert 47 in class_ids_in_order(vspw_root, "train", 1) and 111 not in class_ids_in_order(vspw_root, "train", 1)
+    # the loader keeps the class files' order (it decides which class episode i belongs to)
+    assert MiniVSPWDataset(vspw_root, split="val", group=2, image_size=FRAME_SIZE).classes == VAL_IDS[1]
 
 
 def test_list_lines_follow_the_rule(vspw_root):
@@ -76,6 +103,76 @@ def test_list_lines_follow_the_rule(vspw_root):
             for name in os.listdir(os.path.join(vspw_root, "data", video, "mask")):
                 counts = np.bincount(labels(vspw_root, video, name[:-4]).ravel(), minlength=256)
                 assert (max(counts[c] for c in ids) > 100) == ((video, name[:-4]) in listed)
+
+
+def test_list_videos_follow_the_split_file_order(vspw_root, tmp_path):
+    root = str(tmp_path / "copy")
+    shutil.copytree(vspw_root, root, ignore=shutil.ignore_patterns("lists"))
+    with open(os.path.join(root, "val.txt")) as handle:
+        videos = [line.strip() for line in handle if line.strip()]
+    with open(os.path.join(root, "val.txt"), "w") as handle:
+        handle.writelines(v + "\n" for v in reversed(videos))
+    generate_lists(root, show_progress=False)
+    original = read_lines(os.path.join(lists_dir(vspw_root), "test_0.txt"))
+    reordered = read_lines(os.path.join(lists_dir(root), "test_0.txt"))
+    assert sorted(original) == sorted(reordered)
+    order = list(dict.fromkeys(video for video, _ in reordered))
+    assert order == [v for v in reversed(videos) if v in order] and len(order) > 1
+    for video in order:                                     # frames stay sorted within a video
+        stems = [path for v, path in reordered if v == video]
+        assert stems == sorted(stems)
+
+
+def published_numbers(folder):
+    """Line count, distinct videos and SHA-256 prefix of each list file, computed here."""
+    table = {}
+    for name in os.listdir(folder):
+        if name.endswith(".txt"):
+            with open(os.path.join(folder, name), "rb") as handle:
+                data = handle.read()
+            videos = {line.split()[0] for line in data.decode().split("\n") if line.strip()}
+            table[name] = PublishedList(data.count(b"\n"), len(videos), hashlib.sha256(data).hexdigest()[:16])
+    return table
+
+
+def test_check_names_every_file_that_differs_from_the_published_lists(vspw_root, tmp_path, capsys):
+    folder = str(tmp_path / "lists")
+    shutil.copytree(lists_dir(vspw_root), folder)
+    # synthetic lists against the real published numbers: the class files match, the 9 lists with
+    # published numbers do not
+    assert lists_main(["--check", folder]) == 1
+    out, err = capsys.readouterr()
+    published = ["test_0.txt", "test_1.txt", "test_2.txt", "test_3.txt", "val_0.txt", "val_1.txt", "val_2.txt",
+                 "val_3.txt", "train_2.txt"]
+    assert all(f"DIFFERS {name}" in out and name in err for name in published)
+    assert all(f"ok      class_{split}_{fold}.json" in out for split in ("train", "val", "test") for fold in range(4))
+    assert "unknown train_0.txt" in out and "train_0.txt" not in err
+    assert "lines " in out and "(published 3140)" in out
+    # against numbers that fit these files, everything matches; then break two files
+    table = published_numbers(folder)
+    assert all(r.ok for r in check_lists(folder, table))
+    with open(os.path.join(folder, "val_1.txt")) as handle:
+        lines = handle.readlines()
+    with open(os.path.join(folder, "val_1.txt"), "w") as handle:
+        handle.writelines(lines[:-1])
+    with open(os.path.join(folder, "class_train_3.json")) as handle:
+        classes = list(json.load(handle).items())
+    with open(os.path.join(folder, "class_train_3.json"), "w") as handle:
+        json.dump(dict(classes[1:] + classes[:1]), handle)            # same classes, other order
+    os.remove(os.path.join(folder, "test_2.txt"))
+    results = {r.name: r for r in check_lists(folder, table)}
+    assert sorted(n for n, r in results.items() if not r.ok) == ["class_train_3.json", "test_2.txt", "val_1.txt"]
+    assert f"lines {len(lines) - 1} (published {len(lines)})" in results["val_1.txt"].detail
+    assert results["test_2.txt"].detail == "missing"
+    assert lists_main(["--check", str(tmp_path / "absent")]) == 2
+
+
+def test_fold_spec_derives_training_classes_in_order():
+    folds = fold_class_names({"test": [["a"], ["b"], ["c"], ["d"]], "val": ["e"], "classes": list("edcba")})
+    assert [f.train for f in folds] == [list("dcb"), list("dca"), list("dba"), list("cba")]
+    assert all(f.val == ["e"] for f in folds)
+    with pytest.raises(DatasetError, match="not in its"):
+        fold_class_names({"test": [["a"], ["b"], ["c"], ["z"]], "val": ["e"], "classes": list("edcba")})
 
 
 def test_generation_is_deterministic(vspw_root, tmp_path):

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from dataset import DatasetError
+from dataset import DatasetError, build_dataset, write_synthetic_youtube_vis
+from helpers import reference_case
 from dataset.transforms import (IMAGENET_MEAN, IMAGENET_STD, TestTransform, TrainTransform,
                                 letterbox_geometry, letterbox_mask)
 
@@ -135,3 +136,90 @@ def test_transform_rejects_mismatched_inputs():
         TestTransform(OUT)([np.zeros((10, 20, 3), np.uint8)], [np.zeros((10, 21), np.uint8)])
     with pytest.raises(DatasetError, match="multiple of 8"):
         TestTransform((63, 112))
+
+
+# ---------------------------------------------------------------- the list's first frame sets the letterbox
+PADDING = -IMAGENET_MEAN / IMAGENET_STD
+
+
+def mixed_sizes_case():
+    with np.load(f"{reference_case.GOLDEN_DIR}/transform_test_mixed_sizes.npz") as data:
+        gold = {k: data[k] for k in data.files}
+    frames = [gold[f"frames_{k}"] for k in range(4)]
+    masks = [gold[f"masks_{k}"] for k in range(4)]
+    return frames, masks, gold
+
+
+def test_test_transform_matches_the_authors_on_mixed_sizes():
+    frames, masks, gold = mixed_sizes_case()
+    assert [f.shape[:2] for f in frames] == [tuple(s) for s in gold["order"]]
+    images, out_masks = TestTransform((240, 424))(frames, masks)
+    assert images.shape == gold["images"].shape == (4, 3, 240, 424)
+    assert np.abs(images.numpy() - gold["images"]).max() <= 1e-3
+    assert np.array_equal(out_masks.numpy(), gold["masks"])
+    # frame 0 is 640x360: f = min(240/640, 424/360) = 0.375 -> 240 x 135 at column (424-135)//2 = 144,
+    # and every frame of the list (360x640, 480x720, 300x500) is stretched into those columns
+    for t in range(4):
+        assert np.allclose(images[t, :, :, :144].numpy(), PADDING[:, None, None], atol=1e-6)
+        assert np.allclose(images[t, :, :, 144 + 135:].numpy(), PADDING[:, None, None], atol=1e-6)
+        assert out_masks[t, 0, :, :144].sum() == 0 and out_masks[t, 0, :, 279:].sum() == 0
+        assert out_masks[t, 0, :, 144:279].sum() > 0
+
+
+def test_letterbox_per_frame_is_opt_in_and_uses_each_frames_own_size():
+    frames, masks, gold = mixed_sizes_case()
+    images, out_masks = TestTransform((240, 424), letterbox_per_frame=True)(frames, masks)
+    # the first frame is letterboxed the same way under both rules, the others are not
+    assert np.abs(images[0].numpy() - gold["images"][0]).max() <= 1e-3
+    assert np.array_equal(out_masks[0].numpy(), gold["masks"][0])
+    for t in range(1, 4):
+        assert np.abs(images[t].numpy() - gold["images"][t]).max() > 1.0
+        assert not np.array_equal(out_masks[t].numpy(), gold["masks"][t])
+        # per frame = the frame alone (a one-frame list is letterboxed with its own size)
+        alone_img, alone_mask = TestTransform((240, 424))(frames[t:t + 1], masks[t:t + 1])
+        assert torch.equal(images[t], alone_img[0]) and torch.equal(out_masks[t], alone_mask[0])
+    # 360x640: f = min(240/360, 424/640) = 0.6625 -> 238 x 424 at row 1 (by hand)
+    assert np.allclose(images[1, :, 0].numpy(), PADDING[:, None], atol=1e-6)
+    assert np.allclose(images[1, :, 239].numpy(), PADDING[:, None], atol=1e-6)
+    assert out_masks[1, 0, 0].sum() == 0 and out_masks[1, 0, 239].sum() == 0
+    assert not np.allclose(images[1, :, 1:239, 10].numpy(), PADDING[:, None], atol=1e-6)  # full width
+
+
+def test_train_transform_letterboxes_the_list_with_its_first_frame():
+    # a wide first frame (40x112 -> rows 12..51 of 64x112) and a square one (64x64 on its own:
+    # columns 24..87); uniform grey, so every non-padding pixel differs from the padding value
+    wide = np.full((40, 112, 3), 124, np.uint8)
+    square = np.full((64, 64, 3), 124, np.uint8)
+    frames = [wide, square, square]
+    masks = [np.zeros(f.shape[:2], np.uint8) for f in frames]
+    padded = lambda x: np.isclose(x, PADDING[:, None, None], atol=1e-5).all(axis=0)   # [3,h,w] -> [h,w]
+    for seed in range(3):
+        authors, _ = TrainTransform(OUT)(frames, masks, np.random.default_rng(seed))
+        per_frame, _ = TrainTransform(OUT, letterbox_per_frame=True)(frames, masks, np.random.default_rng(seed))
+        for t in (1, 2):
+            pad = padded(authors[t].numpy())
+            assert pad[:12].all() and pad[52:].all() and not pad[32, 56]
+            assert not pad[32, :10].any()                                  # stretched to the full width
+            pad = padded(per_frame[t].numpy())
+            assert pad[:, :24].all() and pad[:, 88:].all() and not pad[32, 56]
+            assert not pad[:12, 56].any()                                  # its own full height
+        assert torch.equal(authors[0], per_frame[0])
+
+
+def test_datasets_thread_the_letterbox_setting(tmp_path):
+    # categories 1-8; the first 9 videos are portrait: category 2 (a training class of group 1)
+    # mixes 3 portrait and 3 landscape videos
+    root = write_synthetic_youtube_vis(str(tmp_path / "ytvis"), seed=2, videos_per_class=6, frames_per_video=5,
+                                       frame_size=(72, 128), num_categories=8, portrait_videos=9)
+    for augment in (False, True):
+        authors = build_dataset("youtube_vis", root=root, split="train", group=1, image_size=OUT,
+                                episodes_per_class=1, augment=augment)
+        per_frame = build_dataset("youtube_vis", root=root, split="train", group=1, image_size=OUT,
+                                  episodes_per_class=1, augment=augment, letterbox_per_frame=True)
+        assert not authors.transform.letterbox_per_frame and per_frame.transform.letterbox_per_frame
+        mixed = [i for i in range(len(authors))
+                 if len({tuple(authors.load_image(v, 0).shape) for v in authors[i]["support_videos"]}) > 1]
+        assert mixed, "no support set mixes frame sizes"
+        for i in range(len(authors)):
+            same = torch.equal(authors[i]["support_img"], per_frame[i]["support_img"])
+            assert same == (i not in mixed), i

@@ -51,8 +51,34 @@ def test_train_outputs_and_gradients():
     missing = [n for n, p in trainable.items() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not missing, f"no gradient reaches {missing[:5]}"
     assert all(p.grad is None for p in model.backbone.parameters())
-    assert not any(n.startswith("upsample") for n, _ in model.named_parameters())
-    assert "upsample1.weight" in model.state_dict() and "upsample2.weight" in model.state_dict()
+    # the authors train both 8x upsamplers' filters, each channel on its own
+    for name in ("upsample1.weight", "upsample2.weight"):
+        weight = trainable[name]
+        assert weight.shape == (2, 1, 9, 9) and weight.is_contiguous()
+        assert not torch.equal(weight.grad[0], weight.grad[1])
+    assert trainable["upsample1.weight"].data_ptr() != trainable["upsample2.weight"].data_ptr()
+
+
+def test_upsamplers_start_as_box_filters_and_load_learned_filters():
+    model = VIPMT(backbone_weights=None, image_size=SMALL)
+    for upsampler in (model.upsample1, model.upsample2):
+        assert torch.equal(upsampler.weight.detach(), torch.full((2, 1, 9, 9), 1.0 / 81))
+    # an authors' checkpoint holds learned per-channel filters: a strict load takes them as they are
+    state = model.state_dict()
+    learned = {name: torch.randn(2, 1, 9, 9) for name in ("upsample1.weight", "upsample2.weight")}
+    state.update(learned)
+    model.load_state_dict(state, strict=True)
+    for name, value in learned.items():
+        assert torch.equal(model.state_dict()[name], value)
+    logits = torch.randn(1, 2, 4, 4)
+    expected = torch.nn.functional.conv2d(torch.nn.functional.interpolate(logits, scale_factor=8.0),
+                                          learned["upsample1.weight"], padding=4, groups=2)
+    torch.testing.assert_close(model.upsample1(logits), expected)
+
+
+def test_state_dict_and_trainable_parameters_follow_the_reference_order():
+    model = VIPMT(backbone_weights=None)
+    assert list(model.state_dict()) == list(reference_case.reference_keys())
 
 
 def test_feature_reuse_gives_same_losses():

@@ -5,9 +5,11 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
+from helpers import reference_case
 from scripts_support import REPO, TINY, load_script, run, write_dataset
 
 train = load_script("train")
@@ -48,6 +50,12 @@ def test_one_training_step_changes_the_weights_with_finite_losses(data, tmp_path
     params = dict(trainer.model.named_parameters())
     changed = [n for n, before in trainable.items() if not torch.equal(params[n].detach(), before)]
     assert len(changed) > 0.9 * len(trainable)               # Adam moves (nearly) every trainable weight
+    assert {"upsample1.weight", "upsample2.weight"} <= set(changed)
+    # the optimiser trains exactly the authors' parameters, in their order
+    names = {id(p): n for n, p in params.items()}
+    optimised = [names[id(p)] for group in trainer.optimizer.param_groups for p in group["params"]]
+    grads_case = reference_case.grads_cases()[0]
+    assert optimised == [str(n) for n in np.load(f"{reference_case.GOLDEN_DIR}/{grads_case}.npz")["names"]]
     assert all(torch.equal(p.detach(), frozen[n]) for n, p in trainer.model.backbone.named_parameters())
 
 

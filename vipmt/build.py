@@ -63,7 +63,8 @@ def build_split(cfg, split: str, *, episodes_per_class: int, seed: int, augment:
     return build_dataset(name=cfg.dataset, root=root, split=split, group=cfg.group,
                          image_size=tuple(cfg.image_size), query_frames=cfg.query_frames,
                          support_shots=cfg.support_shots, episodes_per_class=episodes_per_class,
-                         seed=seed, augment=augment, clip_length=cfg.clip_length)
+                         seed=seed, augment=augment, clip_length=cfg.clip_length,
+                         letterbox_per_frame=cfg.letterbox_per_frame)
 
 
 def backbone_weights_path(cfg, *, required: bool, warn: bool = True) -> Optional[str]:
