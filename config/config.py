@@ -307,9 +307,11 @@ def save_config(cfg: Mapping[str, Any], path: str, record_environment: bool = Tr
     environment = {ENVIRONMENT_KEY: environment_info()}
     if fmt == "json":
         return atomic_write_text(path, dump_config({**config_to_dict(cfg), **environment}, fmt))
-    # YAML: the settings sorted as usual, then the record, so that it reads as an appendix
+    import yaml
+
+    # YAML: the settings sorted as usual, then the record in block style, so it reads as an appendix
     text = (dump_config(cfg, fmt) + "# what ran: versions and code (a record, ignored when this file is read)\n"
-            + dump_config(environment, fmt))
+            + yaml.safe_dump(environment, sort_keys=False, default_flow_style=False))
     return atomic_write_text(path, text)
 
 
