@@ -1,13 +1,13 @@
-"""The authors' computation pattern, rebuilt from SPEC.md for side-by-side timing.
+"""The authors' computation pattern, rebuilt from its description (docs/model.md) for side-by-side timing.
 
 `VIPMT` computes the same numbers as the reference with cheaper arithmetic (see
 models/prototypes.py and models/transformer.py). To time our engine against the authors'
 own test loop, `authors_computation()` temporarily swaps those steps for literal versions of
-the SPEC text:
+the authors' steps:
 
-* prior (SPEC 3.4): for every (query frame, support frame) pair, pool `layer4 * mask` again,
+* prior: for every (query frame, support frame) pair, pool `layer4 * mask` again,
   a full (hw x hw) cosine map, max, min-max normalise, appended to a list never reset;
-* PFE mask (SPEC 5): full cosine maps of the pooled query background / object features against
+* PFE mask: full cosine maps of the pooled query background / object features against
   every support position and against each other;
 * prototype cross attention: key and value projections applied to every token;
 * update_q: the frame embedding broadcast over positions and concatenated before the 1x1 conv;

@@ -1,6 +1,6 @@
 """Every default of training and testing, and strict command-line overrides.
 
-The defaults are the paper's / reference implementation's settings (SPEC.md sections 7-8).
+The defaults are the paper's / the authors' implementation's settings (docs/protocol.md).
 Edit ``DEFAULTS`` below to change them for every run, or override single values on the
 command line of ``train.py`` / ``test.py``::
 
@@ -11,8 +11,10 @@ with the type of the default (int, float, bool, str, or a list/tuple of those). 
 keys, wrong types and invalid combinations raise :class:`ConfigError` with a message naming
 the key, the value and what was expected.
 
-The resolved config (an ``EasyDict``) is saved in the run directory (``config.yaml``) and in
-every checkpoint (as a plain dict, see :func:`config_to_dict`).
+The resolved config (an ``EasyDict``) is saved in the run directory (``config.yaml``, with an
+``environment`` record of the versions and git commit that ran, see
+:func:`utils.provenance.environment_info`) and in every checkpoint (as a plain dict, see
+:func:`config_to_dict`).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from typing import Any, Iterable, Mapping
 from easydict import EasyDict
 
 from utils.fileio import atomic_write_text
+from utils.provenance import environment_info
 
 __all__ = [
     "ConfigError",
@@ -46,6 +49,7 @@ __all__ = [
 
 DATASET_NAMES = ("youtube_vis", "minivspw")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
+ENVIRONMENT_KEY = "environment"   # config files' record of what ran: not a setting, dropped on read
 NUM_FOLDS = 4
 FEATURE_STRIDE = 8          # the network's output stride (models.heads.OUTPUT_STRIDE): sides are multiples
 MIN_IMAGE_SIDE = 64          # 8 feature cells: the score head and the attention stride features by 4
@@ -323,10 +327,23 @@ def dump_config(cfg: Mapping[str, Any], fmt: str = "yaml") -> str:
     return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
-def save_config(cfg: Mapping[str, Any], path: str) -> str:
-    """Write the config atomically to ``path`` (.yaml/.yml -> YAML, otherwise JSON)."""
+def save_config(cfg: Mapping[str, Any], path: str, record_environment: bool = True) -> str:
+    """Write the config atomically to ``path`` (.yaml/.yml -> YAML, otherwise JSON).
+
+    With ``record_environment`` the file also holds ``environment:`` (python, torch, CUDA,
+    numpy versions, git commit and dirty flag), which :func:`read_config_file` ignores."""
     fmt = "yaml" if path.endswith((".yaml", ".yml")) else "json"
-    return atomic_write_text(path, dump_config(cfg, fmt))
+    if not record_environment:
+        return atomic_write_text(path, dump_config(cfg, fmt))
+    environment = {ENVIRONMENT_KEY: environment_info()}
+    if fmt == "json":
+        return atomic_write_text(path, dump_config({**config_to_dict(cfg), **environment}, fmt))
+    import yaml
+
+    # YAML: the settings sorted as usual, then the record in block style, so it reads as an appendix
+    text = (dump_config(cfg, fmt) + "# what ran: versions and code (a record, ignored when this file is read)\n"
+            + yaml.safe_dump(environment, sort_keys=False, default_flow_style=False))
+    return atomic_write_text(path, text)
 
 
 def read_config_file(path: str) -> dict:
@@ -346,6 +363,7 @@ def read_config_file(path: str) -> dict:
         raise ConfigError(f"config file {path!r} could not be parsed: {exc}") from None
     if not isinstance(data, Mapping):
         raise ConfigError(f"config file {path!r} must hold a mapping of key: value")
+    data = {k: v for k, v in data.items() if k != ENVIRONMENT_KEY}
     try:
         update_config(get_config(), data)
     except ConfigError as exc:

@@ -1,4 +1,4 @@
-"""Episodic data pipeline for VIPMT: YouTube-VIS 2019 and MiniVSPW (SPEC sections 7-9).
+"""Episodic data pipeline for VIPMT: YouTube-VIS 2019 and MiniVSPW (docs/protocol.md).
 
     from dataset import build_dataset, DifferentClassBatchSampler
     ds = build_dataset("youtube_vis", root="data/Youtube-VOS", split="train", group=1)

@@ -1,4 +1,4 @@
-"""The episodic dataset shared by YouTube-VIS 2019 and MiniVSPW (SPEC sections 7-9).
+"""The episodic dataset shared by YouTube-VIS 2019 and MiniVSPW (docs/protocol.md).
 
 A subclass indexes its files and provides, per class, the videos containing it and the frames
 of a video usable as query / support; this class turns them into episodes.

@@ -1,4 +1,4 @@
-"""Episode sampling rules shared by the datasets (SPEC sections 7-9).
+"""Episode sampling rules shared by the datasets (docs/protocol.md, "Episodes").
 
 Every random choice of an episode comes from :func:`item_rng`, a generator that is a pure
 function of ``(seed, epoch, index)``; episodes are therefore identical across DataLoader
@@ -33,7 +33,7 @@ def select_query_clips(frames: Sequence[FrameT], num_clips: int, rng: np.random.
                        clip_length: int = CLIP_LENGTH) -> list[FrameT]:
     """Training query: ``num_clips`` clips of ``clip_length`` frames from ``frames`` (in order).
 
-    SPEC section 9: clip end points are sampled (without replacement, then sorted) among every
+    The authors' rule: clip end points are sampled (without replacement, then sorted) among every
     ``clip_length``-th frame from position ``clip_length``; when there are fewer such positions
     than clips, position 0 stands in for none and the last position is repeated. Each clip is
     the ``clip_length`` frames ending at its end point, clamped to the start of the list; a

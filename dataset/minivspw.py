@@ -1,4 +1,4 @@
-"""MiniVSPW few-shot episodes (the TTI split of VSPW 480p, SPEC section 9).
+"""MiniVSPW few-shot episodes (the TTI split of VSPW 480p, docs/protocol.md).
 
 Layout under ``root`` (default ``data/VSPW_480p``)::
 

@@ -1,4 +1,4 @@
-"""A batch sampler that never puts two episodes of one class in a batch (SPEC section 7).
+"""A batch sampler that never puts two episodes of one class in a batch (docs/protocol.md, "Episodes").
 
 The contrast loss compares the episodes of a batch with each other, so they must have different
 classes. Each epoch, the items of the dataset are shuffled within their classes, and batches are

@@ -1,4 +1,4 @@
-"""YouTube-VIS 2019 few-shot episodes (SPEC section 9), on the official ``pycocotools``.
+"""YouTube-VIS 2019 few-shot episodes (docs/protocol.md), on the official ``pycocotools``.
 
 Layout under ``root`` (default ``data/Youtube-VOS``)::
 

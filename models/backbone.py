@@ -1,4 +1,4 @@
-"""Deep-stem dilated ResNet-50 with frozen batch norm (SPEC section 2).
+"""Deep-stem dilated ResNet-50 with frozen batch norm (docs/model.md, "Backbone").
 
 The authors use the PSPNet/PFENet "resnet50_v2" ImageNet weights: a three-conv 3x3 stem
 (64, 64, 128 channels) replaces torchvision's 7x7 conv, and layer3/layer4 trade their stride
@@ -31,12 +31,21 @@ LAYER_SETTINGS = ((64, 1, False), (128, 2, False), (256, 2, True), (512, 2, True
 # Backbone outputs, keyed as the reference keys them: '0'..'3' = layer1..layer4.
 RETURN_LAYERS = {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"}
 LEVEL_CHANNELS = {"0": 256, "1": 512, "2": 1024, "3": 2048}
+# Where the authors publish the ImageNet weights (their README, github.com/nankepan/VIPMT,
+# "Download the ImageNet pretrained backbone").
+WEIGHTS_URL = "https://drive.google.com/file/d/1PIMA7uG_fcvXUvjDUL7UIVp6KmGdSFKi/view?usp=sharing"
+WEIGHTS_FILE = "pretrain_model/resnet50_v2.pth"
+WEIGHTS_CHECK_COMMAND = f"python -m models.check_weights {WEIGHTS_FILE}"
 WEIGHTS_HELP = (
-    "Expected the authors' deep-stem ResNet-50 ImageNet weights 'resnet50_v2.pth' (the PSPNet/PFENet "
-    "'resnet50_v2' state dict, torchvision-style names). Download it as described in "
-    "pretrain_model/README.md, or build the model with backbone_weights=None "
-    "(train.py --backbone-weights none) to start from a random backbone."
+    f"Expected the deep-stem ResNet-50 ImageNet weights 'resnet50_v2.pth' that the VIPMT authors use "
+    f"(the PSPNet/PFENet state dict with torchvision-style names). Download it from {WEIGHTS_URL} "
+    f"to {WEIGHTS_FILE} and check it with '{WEIGHTS_CHECK_COMMAND}' (details: pretrain_model/README.md), "
+    f"or start from a random backbone with backbone_weights=None / --backbone-weights none (much worse results)."
 )
+# Entries of the published file that the backbone does not use.
+IGNORED_PREFIXES = ("fc.",)              # the ImageNet classifier
+IGNORED_SUFFIXES = ("num_batches_tracked",)  # counters of the trainable batch norms it was trained with
+HTML_SNIFF_BYTES = 64   # enough to recognise an HTML page saved in place of the weights
 
 
 def _conv_bn_relu_stem() -> "OrderedDict[str, nn.Module]":
@@ -108,28 +117,12 @@ class Backbone(nn.Module):
 
     def load_imagenet_weights(self, path: str) -> None:
         """Load a torchvision-style ResNet state dict (`fc.*` and `num_batches_tracked` ignored)."""
-        if not os.path.isfile(path):
-            raise ModelError(f"backbone weights not found: {path}. {WEIGHTS_HELP}")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # unreadable or not a torch file
-            raise ModelError(f"cannot read backbone weights {path} ({exc.__class__.__name__}: {exc}). "
-                             f"{WEIGHTS_HELP}") from None
-        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-            state = state["state_dict"]
-        if not isinstance(state, dict):
-            raise ModelError(f"backbone weights {path} hold a {type(state).__name__}, not a state dict. {WEIGHTS_HELP}")
-        state = {k.removeprefix("module."): v for k, v in state.items()}
-        state = {k: v for k, v in state.items()
-                 if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
-        expected = self.body.state_dict()
-        missing = sorted(set(expected) - set(state))
-        unexpected = sorted(set(state) - set(expected))
-        wrong_shape = sorted(k for k in set(expected) & set(state) if tuple(state[k].shape) != tuple(expected[k].shape))
+        state, _ignored = read_weights_file(path)
+        missing, unexpected, wrong_shape = compare_with_backbone(state)
         if missing or unexpected or wrong_shape:
             details = "; ".join(f"{label}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
                                 for label, keys in (("missing", missing), ("unexpected", unexpected),
-                                                    ("wrong shape", wrong_shape)) if keys)
+                                                    ("wrong shape", [k for k, _, _ in wrong_shape])) if keys)
             raise ModelError(f"backbone weights {path} do not fit the deep-stem ResNet-50 ({details}). {WEIGHTS_HELP}")
         self.body.load_state_dict(state, strict=True)
 
@@ -147,3 +140,61 @@ class Backbone(nn.Module):
                 x = bottleneck(block, x)
             levels[key] = x
         return levels
+
+
+def read_weights_file(path: str) -> "tuple[dict[str, torch.Tensor], list[str]]":
+    """(backbone entries, ignored entry names) of a ResNet weights file.
+
+    Accepts a bare state dict or ``{'state_dict': ...}``, with or without the ``module.`` prefix
+    of (Distributed)DataParallel; drops ``fc.*`` and ``num_batches_tracked``. Loads with
+    ``weights_only=True``. Raises ModelError (naming the file) when it is absent or unreadable."""
+    if not os.path.isfile(path):
+        raise ModelError(f"backbone weights not found: {path}. {WEIGHTS_HELP}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unreadable or not a torch file
+        raise ModelError(f"cannot read backbone weights {path}: {_unreadable_reason(path, exc)}. "
+                         f"{WEIGHTS_HELP}") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ModelError(f"backbone weights {path} hold a {type(state).__name__}, not a state dict. {WEIGHTS_HELP}")
+    state = {str(k).removeprefix("module."): v for k, v in state.items()}
+    ignored = sorted(k for k in state if k.startswith(IGNORED_PREFIXES) or k.endswith(IGNORED_SUFFIXES))
+    return {k: v for k, v in state.items() if k not in ignored}, ignored
+
+
+def _unreadable_reason(path: str, exc: Exception) -> str:
+    """One line on why torch.load failed (its own message spans several lines and suggests
+    weights_only=False, which is no remedy for a file that is not a checkpoint)."""
+    with open(path, "rb") as f:
+        head = f.read(HTML_SNIFF_BYTES).lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html")):
+        return ("the file is an HTML page, not the weights (a download page saved in place of the file; "
+                "download it again from a browser)")
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    detail = text.split(marker, 1)[1] if marker in text else text
+    lines = [line.strip() for line in detail.splitlines() if line.strip()]
+    return (f"not a readable PyTorch state dict ({os.path.getsize(path)} bytes; "
+            f"{exc.__class__.__name__}: {lines[0] if lines else 'no detail'})")
+
+
+def expected_weight_shapes() -> "OrderedDict[str, tuple[int, ...]]":
+    """{name: shape} of every tensor the deep-stem ResNet-50 loads (275 tensors), in model order."""
+    with torch.device("meta"):  # shapes only: no memory, no random initialisation
+        body = deep_stem_resnet50()
+    return OrderedDict((k, tuple(v.shape)) for k, v in body.state_dict().items())
+
+
+def compare_with_backbone(state: dict) -> "tuple[list[str], list[str], list[tuple[str, tuple, tuple]]]":
+    """(missing names, unexpected names, [(name, file shape, expected shape)]) of a state dict
+    against the deep-stem ResNet-50; all empty when it fits. Non-tensor entries count as
+    unexpected."""
+    expected = expected_weight_shapes()
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    missing = [k for k in expected if k not in tensors]
+    unexpected = sorted(k for k in state if k not in expected or k not in tensors)
+    wrong_shape = [(k, tuple(tensors[k].shape), shape) for k, shape in expected.items()
+                   if k in tensors and tuple(tensors[k].shape) != shape]
+    return missing, unexpected, wrong_shape

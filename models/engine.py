@@ -1,4 +1,4 @@
-"""Video inference: segment a whole query video clip by clip with reliable memory (SPEC 8).
+"""Video inference: segment a whole query video clip by clip with reliable memory (docs/protocol.md, "Testing").
 
 The authors' loop re-runs the backbone on the supports and on every memory frame for each
 5-frame clip. `VideoSegmenter` computes each frame's backbone features once: the supports

@@ -1,4 +1,4 @@
-"""The three-clip episode protocol shared by training and validation (SPEC section 7).
+"""The three-clip episode protocol shared by training and validation (docs/protocol.md, "Training").
 
 An episode has 15 query frames cut into 5-frame clips. Clip 1 is segmented against the 5
 support images. Every later clip also gets *memory*: earlier query frames with their

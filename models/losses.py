@@ -1,4 +1,4 @@
-"""Training losses (SPEC section 6). Each function documents its shapes; `VIPMTLoss` combines
+"""Training losses (docs/model.md, "Losses"). Each function documents its shapes; `VIPMTLoss` combines
 them with named weights."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Support prototypes, the prior map and the PFE mask (SPEC sections 3 and 5).
+"""Support prototypes, the prior map and the PFE mask (docs/model.md).
 
 The prior and the PFE mask compare channel-pooled layer4 features by cosine similarity.
 The reference pools `layer4 * mask` again for every (query frame, support frame) pair and
@@ -107,7 +107,7 @@ def support_similarity(query_tokens: torch.Tensor, support_tokens: torch.Tensor,
 
 @torch.no_grad()
 def prior_map(similarity: torch.Tensor, query_frames: int) -> torch.Tensor:
-    """The PFENet-style prior of every query frame (SPEC 3.4, with its running-mean quirk).
+    """The PFENet-style prior of every query frame (docs/model.md, with the authors' running-mean quirk).
 
     similarity [B,Ts,Tq*hw] from `support_similarity`. Returns [B,Tq,hw]: for query frame t the
     mean of the min-max normalised maps of all pairs (q, s) with q <= t (the reference never
@@ -122,7 +122,7 @@ def prior_map(similarity: torch.Tensor, query_frames: int) -> torch.Tensor:
 
 @torch.no_grad()
 def pfe_mask(query_tokens: torch.Tensor, query_object: torch.Tensor, similarity: torch.Tensor) -> torch.Tensor:
-    """The 5-channel prior-feature-enrichment mask the score head reads (SPEC 5).
+    """The 5-channel prior-feature-enrichment mask the score head reads (docs/model.md, "Output head, score head, upsampling").
 
     query_tokens [B,Tq,hw,c] channel-pooled layer4 tokens, query_object [B,Tq,hw] predicted 0/1
     query mask, similarity [B,Ts,Tq*hw] from `support_similarity` (the query background's best

@@ -1,4 +1,4 @@
-"""The VIPMT transformer: clip, memory and frame prototypes refined over 5 iterations (SPEC 4).
+"""The VIPMT transformer: clip, memory and frame prototypes refined over 5 iterations (docs/model.md, "The transformer").
 
 Module and attribute names follow the reference parameter names
 (`transformer.query_decoder_cross_attention_layers.0.q_fc.weight`, ...), so the authors'
@@ -153,7 +153,7 @@ class TransformerOutput:
 
 
 class VIPMTTransformer(nn.Module):
-    """Five iterations of clip / memory / frame prototype learning (SPEC section 4)."""
+    """Five iterations of clip / memory / frame prototype learning (docs/model.md, "The transformer")."""
 
     def __init__(self, dim: int = 384, num_layers: int = 5, ffn_ratio: int = 3, dropout: float = 0.1):
         super().__init__()

@@ -1,26 +1,21 @@
-"""Shared test helpers: the reference case files and deterministic models of any size."""
+"""Shared test helpers: the golden cases (tests/reference_cases.py) and deterministic models of any size."""
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import torch
 
-REFERENCE_DIR = Path(__file__).resolve().parents[2] / "shared" / "reference"
-if str(REFERENCE_DIR) not in sys.path:
-    sys.path.insert(0, str(REFERENCE_DIR))
+import reference_cases
+from models import VIPMT
 
-import reference_case  # noqa: E402  (lives in ../shared/reference)
-
-from models import VIPMT  # noqa: E402
+reference_case = reference_cases  # the name the tests use for the case builder
 
 
 def reference_model(seed: int = 0, image_size=(240, 424), train: bool = False) -> VIPMT:
     """A VIPMT with the reference case's deterministic weights. For sizes other than 240x424
     the score head's first fully connected layer is redrawn (same rule) at the new shape."""
     model = VIPMT(backbone_weights=None, image_size=image_size)
-    state = reference_case.reference_state_dict(seed)
+    state = reference_cases.reference_state_dict(seed)
     fc1 = model.score_head.fc1.weight
     if fc1.shape != state["score_head.fc1.weight"].shape:
         g = torch.Generator().manual_seed(seed)

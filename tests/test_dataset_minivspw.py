@@ -17,7 +17,7 @@ from dataset.minivspw import cache_file
 from dataset.minivspw_lists import PublishedList, check_lists, fold_class_names, generate_lists, main as lists_main
 
 FRAME_SIZE = (64, 112)
-# SPEC section 9 (TTI split), VSPW ids
+# the TTI split (docs/protocol.md), VSPW ids
 TEST_IDS = [{57, 52, 55, 85, 111}, {50, 49, 62, 91, 51}, {63, 64, 53, 61, 90}, {109, 93, 124, 115, 65}]
 # The published class files of the TTI repository, verbatim (ids, names and order).
 PUBLISHED_CLASS_FILES = {

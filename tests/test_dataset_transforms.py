@@ -1,4 +1,4 @@
-"""Letterbox, normalisation and the training augmentation (SPEC section 9)."""
+"""Letterbox, normalisation and the training augmentation (docs/protocol.md, "Transforms and the letterbox")."""
 
 import numpy as np
 import pytest

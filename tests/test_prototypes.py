@@ -1,4 +1,4 @@
-"""The fast prior and PFE mask equal the SPEC's literal per-pair computation.
+"""The fast prior and PFE mask equal the authors' literal per-pair computation (docs/model.md).
 
 `benchmarks/authors_loop.py` holds the literal version (pool `layer4 * mask` again for every
 pair, full cosine maps); models/prototypes.py pools once per frame, skips masked-out rows and

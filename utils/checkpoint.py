@@ -8,7 +8,9 @@ Our checkpoint is a dict (loadable with ``torch.load(..., weights_only=True)``):
      "iteration": iterations done in the current epoch (0 = epoch finished),
      "global_step": ..., "sampler": {...}, "rng": [per-rank RNG states],
      "config": {resolved config}, "best_metric": float | None, "best_epoch": int | None,
-     "metrics": {...}}
+     "metrics": {...},
+     "environment": {"python", "torch", "torchvision", "cuda", "cudnn", "numpy", "git_commit",
+                     "git_dirty"}}   # what wrote it, see utils.provenance
 
 A weights-only checkpoint (:func:`save_weights`, ``"contents": "weights"``) keeps format,
 version, state_dict, epoch, config, best_metric, best_epoch and metrics, and nothing else.
@@ -36,6 +38,7 @@ import numpy as np
 import torch
 
 from .fileio import atomic_torch_save
+from .provenance import environment_info
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -152,6 +155,7 @@ def save_checkpoint(
         "best_metric": None if best_metric is None else float(best_metric),
         "best_epoch": None if best_epoch is None else int(best_epoch),
         "metrics": _plain(metrics) if metrics is not None else {},
+        "environment": environment_info(),
     }
     if extra:
         ckpt.update(extra)

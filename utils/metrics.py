@@ -1,4 +1,4 @@
-"""Few-shot VOS metrics of the test protocol (SPEC.md section 8).
+"""Few-shot VOS metrics of the test protocol (docs/protocol.md, "Metrics").
 
 Every function takes binary masks as numpy arrays or torch tensors of shape ``[H, W]``
 (one frame) or ``[T, H, W]`` (a video); a trailing channel axis of size 1
