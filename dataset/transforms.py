@@ -1,4 +1,4 @@
-"""Episode transforms of SPEC section 9: training augmentation, letterbox resize, normalisation.
+"""Episode transforms (docs/protocol.md, "Transforms and the letterbox"): training augmentation, letterbox resize, normalisation.
 
 Both transforms take one *list* of frames (the query frames of an episode, or its support
 frames) and return stacked tensors:
@@ -90,7 +90,7 @@ def letterbox_mask(mask: np.ndarray, out_size: tuple[int, int],
                    source_size: Sequence[int] | None = None) -> np.ndarray:
     """Letterbox a 0/1 mask ``[h, w]`` to ``uint8 [H, W]``: bilinear, then truncated.
 
-    Only pixels whose resized value is exactly 1.0 stay object (SPEC section 9).
+    Only pixels whose resized value is exactly 1.0 stay object (docs/protocol.md).
     ``source_size`` as in :func:`letterbox_image`.
     """
     out_height, out_width = out_size
@@ -150,7 +150,7 @@ class TestTransform:
 
 
 class TrainTransform:
-    """The training augmentation of SPEC section 9; every random draw comes from ``rng``.
+    """The training augmentation of docs/protocol.md; every random draw comes from ``rng``.
 
     Order: transpose (if the first frame is portrait), shared crop + affine on frames 1..T-1
     (imgaug, masks as segmentation maps), float, contrast, additive noise, horizontal flip,

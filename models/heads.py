@@ -1,4 +1,4 @@
-"""Classifier, score head and the trained 8x upsampler (SPEC sections 3.6 and 5)."""
+"""Classifier, score head and the trained 8x upsampler (docs/model.md)."""
 from __future__ import annotations
 
 import torch

@@ -72,7 +72,7 @@ def _is_features(x) -> bool:
 
 
 class VIPMT(nn.Module):
-    """The VIPMT network with reference parameter names (see shared/reference/state_dict_keys.tsv).
+    """The VIPMT network with reference parameter names (see tests/fixtures/state_dict_keys.tsv).
 
     Args:
         backbone_weights: path of the deep-stem ResNet-50 ImageNet weights, or None for a
@@ -251,7 +251,7 @@ class VIPMT(nn.Module):
                               cross_video_logits=refined.cross_video_logits)
 
     def losses(self, clip: ClipPrediction, query_mask: torch.Tensor, support_mask: torch.Tensor) -> dict:
-        """The four per-clip loss terms (SPEC 6). query_mask [B,Tq,1,H,W], support_mask [B,Ts,1,H,W]."""
+        """The four per-clip loss terms (docs/model.md, "Losses"). query_mask [B,Tq,1,H,W], support_mask [B,Ts,1,H,W]."""
         batch = query_mask.shape[0]
         size = clip.logits.shape[-2:]
         target = rearrange(query_mask == 1, "b t 1 h w -> (b t) h w")

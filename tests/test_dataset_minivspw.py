@@ -34,7 +34,7 @@ PUBLISHED_CLASS_FILES = {
                           '"109": "flower_pot_or_vase", "93": "sofa", "124": "train", "115": "screen_or_television", '
                           '"111": "book", "51": "truck"}',
 }
-# Validation classes per fold, in the class files' order (SPEC section 9)
+# Validation classes per fold, in the class files' order (docs/protocol.md, "Datasets and folds")
 VAL_IDS = [[113, 47, 51, 45, 46], [41, 113, 111, 45, 46], [113, 41, 45, 46, 47], [113, 41, 45, 46, 47]]
 ALL_IDS = set().union(*TEST_IDS) | {113, 41, 45, 46, 47}
 
