@@ -8,11 +8,13 @@ earlier frames when there are at most `memory_size` of them (clip 2: frames 0-4)
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 
 @dataclass(frozen=True)
@@ -53,21 +55,28 @@ def train_episode(model: nn.Module, query_img: torch.Tensor, query_mask: torch.T
     query_img [B,T,3,H,W], query_mask [B,T,1,H,W], support_img [B,S,3,H,W], support_mask [B,S,1,H,W].
     backward: called with each clip's total loss right after its forward, so every clip's graph
     is freed before the next (the gradients add up to those of the summed loss).
+    Under DistributedDataParallel with `backward`, every clip but the last runs its forward and
+    backward inside `no_sync()`: the clips' gradients add up locally and are all-reduced once,
+    with the last clip's backward (one all-reduce per episode instead of one per clip).
     Returns one dict per clip with the detached loss terms ('loss', 'main_loss', ...) and 'pred'.
     """
+    defer_sync = isinstance(model, DistributedDataParallel) and backward is not None
     support_features, clip_features, results = None, [], []
-    for plan in plans:
+    for index, plan in enumerate(plans):
         if plan.memory:
             support = _join(support_features, _gather(clip_features, plan.memory))
             masks = torch.cat((support_mask, query_mask[:, plan.memory]), dim=1)
         else:
             support, masks = support_img, support_mask
-        out = model(query_img[:, plan.frames], query_mask[:, plan.frames], support, masks)
+        local_only = defer_sync and index < len(plans) - 1
+        # no_sync must cover the forward too: DDP arms its gradient hooks in forward.
+        with model.no_sync() if local_only else contextlib.nullcontext():
+            out = model(query_img[:, plan.frames], query_mask[:, plan.frames], support, masks)
+            if backward is not None:
+                backward(out["loss"])
         if support_features is None:
             support_features = out["support_features"]
         clip_features.append(out["query_features"])
-        if backward is not None:
-            backward(out["loss"])
         results.append({k: v.detach() for k, v in out.items() if torch.is_tensor(v)})
     return results
 
