@@ -14,7 +14,7 @@ the authors' steps:
 * backbone: torchvision's modules one after the other (a separate frozen-norm pass after each
   conv, default memory format) instead of folded norms in channels-last format.
 
-With it, `segment_video_recompute` runs the authors' protocol with the authors' arithmetic.
+With it, `segment_video_recompute` (benchmarks/recompute.py) runs the authors' protocol with the authors' arithmetic.
 """
 from __future__ import annotations
 

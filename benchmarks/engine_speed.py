@@ -6,7 +6,7 @@ memory frames), in one process, alternating, and the median of --repeats runs is
 
 * authors' loop: the authors' protocol (every clip re-encodes the supports and the memory
   frames from images) with the authors' arithmetic (benchmarks/authors_loop.py);
-* recompute: the same protocol with our model's arithmetic (`segment_video_recompute`);
+* recompute: the same protocol with our model's arithmetic (benchmarks/recompute.py);
 * engine: `VideoSegmenter`, every frame's backbone features computed once.
 
     python benchmarks/engine_speed.py                    # CPU, float32
@@ -27,7 +27,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.authors_loop import authors_computation  # noqa: E402
-from models import VIPMT, VideoSegmenter, segment_video_recompute  # noqa: E402
+from benchmarks.recompute import segment_video_recompute  # noqa: E402
+from models import VIPMT, VideoSegmenter  # noqa: E402
 from utils.runtime import reuse_freed_memory  # noqa: E402
 
 IMAGE_SIZE = (240, 424)

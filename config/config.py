@@ -94,6 +94,8 @@ DEFAULTS = EasyDict(
         # ---- inference (test.py) -------------------------------------------------------
         "memory_threshold": 0.8,                   # score >= this makes a frame reliable memory
         "memory_size": 5,                          # at most this many memory frames per clip
+        "memory_pool_size": 0,                     # N > 0: draw memory from the N latest reliable frames only
+                                                   # (bounds memory on long videos; 0 = all, the authors')
         "vc_window": 7,                            # VC_n window length
         "test_runs": 1,                            # repeat the test with seeds seed..seed+N-1
         "test_bf16": False,                        # bfloat16 autocast in test.py (CUDA, or CPUs with AVX512-BF16)
@@ -265,7 +267,7 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     for key in positive:
         if cfg[key] < 1:
             raise ConfigError(f"{key}={cfg[key]}: expected a positive integer")
-    for key in ("num_workers", "checkpoint_every_iters"):
+    for key in ("num_workers", "checkpoint_every_iters", "memory_pool_size"):
         if cfg[key] < 0:
             raise ConfigError(f"{key}={cfg[key]}: expected >= 0")
     if cfg["query_frames"] % cfg["clip_length"] != 0:

@@ -1,11 +1,14 @@
-"""Video inference: segment a whole query video clip by clip with reliable memory (docs/protocol.md, "Testing").
+"""Video inference: segment a query video clip by clip with reliable memory (docs/protocol.md, "Testing").
 
 The authors' loop re-runs the backbone on the supports and on every memory frame for each
 5-frame clip. `VideoSegmenter` computes each frame's backbone features once: the supports
 are encoded once per video, and a query frame that turns out reliable (predicted score >=
-threshold) is encoded as a memory frame right after its clip, from the features it already
-has. `segment_video_recompute` keeps the authors' clip-by-clip protocol as the reference
-path (tests and benchmarks compare the two).
+threshold) is encoded as a memory frame from the features it already has.
+
+Videos stream: `VideoSegmenter.start` encodes the supports and returns a `VideoSession`, whose
+`step` segments one clip at a time, so a video of any length never has to be in memory.
+`VideoSegmenter.segment` runs a session over a whole video tensor. The authors' protocol,
+re-encoding everything every clip, is kept as a reference in benchmarks/recompute.py.
 """
 from __future__ import annotations
 
@@ -13,13 +16,15 @@ import contextlib
 from dataclasses import dataclass
 
 import torch
-from torch import nn
+from einops import rearrange
 
+from .errors import ModelError
 from .vipmt import VIPMT, SupportEncoding
 
 CLIP_LENGTH = 5
 MEMORY_THRESHOLD = 0.8
 MEMORY_SIZE = 5
+MEMORY_POOL_ALL = 0      # memory_pool_size meaning "every reliable frame stays a candidate" (the authors')
 
 
 @dataclass
@@ -28,16 +33,57 @@ class VideoPrediction:
     score: torch.Tensor     # [T] predicted IoU of each frame
 
 
-def draw_memory(reliable: list, memory_size: int, generator: torch.Generator | None) -> list:
-    """All reliable frames if they fit, else `memory_size` of them at random, in time order."""
-    if len(reliable) <= memory_size:
-        return list(reliable)
-    picked = torch.randperm(len(reliable), generator=generator)[:memory_size].sort().values
-    return [reliable[i] for i in picked.tolist()]
+@dataclass
+class ClipResult:
+    pred: torch.Tensor      # [t,H,W] int64 on the CPU, 1 = object
+    score: torch.Tensor     # [t] float32 on the CPU, predicted IoU of each frame
+
+
+def draw_memory(candidates: list, memory_size: int, generator: torch.Generator | None) -> list:
+    """All candidates if they fit, else `memory_size` of them at random, in their order.
+
+    The one memory draw of training episodes (`models.episode.plan_episode`) and inference.
+    One `randperm(len(candidates))` from `generator` when there are too many, nothing otherwise.
+    """
+    if len(candidates) <= memory_size:
+        return list(candidates)
+    picked = torch.randperm(len(candidates), generator=generator)[:memory_size].sort().values
+    return [candidates[i] for i in picked.tolist()]
+
+
+@dataclass
+class MemoryFrame:
+    """A reliable frame's encoding as kept between clips, with the layer4 tokens of its object
+    positions only: `support_similarity` never reads the others, so they come back as zeros.
+
+    Per frame at feature size h x w (C = 384): features C*h*w + object tokens n_object*C +
+    object mask h*w + prototype C values (float32 at 240x424: 2.4 MB + 2.4 MB x object fraction).
+    """
+    object: torch.Tensor          # [1,1,1,h,w]
+    prototypes: torch.Tensor      # [1,1,C,1,1]
+    features: torch.Tensor        # [1,1,C,h,w]
+    object_tokens: torch.Tensor   # [n_object, c] tokens where object > 0, in position order
+
+    @staticmethod
+    def pack(encoding: SupportEncoding) -> "MemoryFrame":
+        """One frame's SupportEncoding (Ts = 1) -> MemoryFrame."""
+        inside = rearrange(encoding.object, "1 1 1 h w -> (h w)") > 0
+        return MemoryFrame(object=encoding.object, prototypes=encoding.prototypes, features=encoding.features,
+                           object_tokens=encoding.tokens[0, 0, inside])
+
+    def unpack(self) -> SupportEncoding:
+        inside = rearrange(self.object, "1 1 1 h w -> (h w)") > 0
+        tokens = self.object_tokens.new_zeros(inside.shape[0], self.object_tokens.shape[-1])
+        tokens[inside] = self.object_tokens
+        return SupportEncoding(object=self.object, prototypes=self.prototypes, features=self.features,
+                               tokens=tokens[None, None])
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.object, self.prototypes, self.features,
+                                                           self.object_tokens))
 
 
 def _check_video(frames: torch.Tensor, support_img: torch.Tensor, support_mask: torch.Tensor) -> None:
-    from .errors import ModelError
     if frames.dim() != 4 or support_img.dim() != 4 or support_mask.dim() != 4:
         raise ModelError(f"expected frames [T,3,H,W], support_img [S,3,H,W], support_mask [S,1,H,W]; got "
                          f"{list(frames.shape)}, {list(support_img.shape)}, {list(support_mask.shape)}")
@@ -55,17 +101,22 @@ class VideoSegmenter:
         memory_size: at most this many memory frames per clip (drawn at random, kept in order).
         use_memory: False segments every clip against the supports only.
         autocast_dtype: e.g. torch.bfloat16 for mixed precision on CUDA (None = float32).
+        memory_pool_size: 0 (the authors') draws memory from every reliable frame so far, so a
+            session keeps one `MemoryFrame` per reliable frame; N > 0 keeps and draws from the N
+            most recent reliable frames only (bounded memory on long videos; identical results
+            as long as a video has at most N reliable frames before its last clip).
     """
 
     def __init__(self, model: VIPMT, clip_length: int = CLIP_LENGTH, memory_threshold: float = MEMORY_THRESHOLD,
                  memory_size: int = MEMORY_SIZE, use_memory: bool = True,
-                 autocast_dtype: torch.dtype | None = None):
+                 autocast_dtype: torch.dtype | None = None, memory_pool_size: int = MEMORY_POOL_ALL):
         self.model = model.eval()
         self.clip_length = clip_length
         self.memory_threshold = memory_threshold
         self.memory_size = memory_size
         self.use_memory = use_memory
         self.autocast_dtype = autocast_dtype
+        self.memory_pool_size = memory_pool_size
 
     @property
     def device(self) -> torch.device:
@@ -81,57 +132,82 @@ class VideoSegmenter:
         return self.model.extract_features(images.to(self.device)[None])
 
     @torch.inference_mode()
+    def start(self, support_img: torch.Tensor, support_mask: torch.Tensor,
+              generator: torch.Generator | None = None) -> "VideoSession":
+        """Encode the supports of a video: support_img [S,3,H,W] (normalised), support_mask
+        [S,1,H,W] 0/1 -> a session that segments the video's clips in order. `generator` draws
+        memory frames when there are too many."""
+        if support_img.dim() != 4 or support_mask.dim() != 4 or len(support_img) != len(support_mask):
+            raise ModelError(f"expected support_img [S,3,H,W] and support_mask [S,1,H,W]; got "
+                             f"{list(support_img.shape)} and {list(support_mask.shape)}")
+        with self._autocast():
+            supports = self.model.encode_support(self._features(support_img), support_mask.to(self.device)[None])
+        return VideoSession(self, supports, generator)
+
     def segment(self, frames: torch.Tensor, support_img: torch.Tensor, support_mask: torch.Tensor,
                 generator: torch.Generator | None = None, progress=None) -> VideoPrediction:
         """frames [T,3,H,W], support_img [S,3,H,W], support_mask [S,1,H,W] (normalised images,
         0/1 masks) -> VideoPrediction. `generator` draws memory frames when there are too many;
         `progress` (optional) is called with the number of frames finished after each clip."""
         _check_video(frames, support_img, support_mask)
-        model = self.model
-        with self._autocast():
-            supports = model.encode_support(self._features(support_img), support_mask.to(self.device)[None])
-            reliable: list[SupportEncoding] = []
-            preds, scores = [], []
-            for start in range(0, len(frames), self.clip_length):
-                features = self._features(frames[start:start + self.clip_length])
-                memory = draw_memory(reliable, self.memory_size, generator) if self.use_memory else []
-                support = SupportEncoding.cat([supports, *memory]) if memory else supports
-                clip = model.predict_clip(features, support)
-                preds.append(clip.pred[0])
-                scores.append(clip.score[0].float())
-                later_clips = start + self.clip_length < len(frames)
-                if self.use_memory and later_clips:
-                    keep = (clip.score[0] >= self.memory_threshold).nonzero().flatten().tolist()
-                    if keep:
-                        kept = {k: v[:, keep] for k, v in features.items()}
-                        encoded = model.encode_support(kept, clip.pred[:, keep, None],
-                                                       tokens=clip.query_tokens[:, keep])
-                        reliable.extend(encoded.select([i]) for i in range(len(keep)))
-                if progress is not None:
-                    progress(min(start + self.clip_length, len(frames)))
-        return VideoPrediction(pred=torch.cat(preds).cpu(), score=torch.cat(scores).cpu())
+        session = self.start(support_img, support_mask, generator)
+        preds, scores = [], []
+        for start in range(0, len(frames), self.clip_length):
+            clip = session.step(frames[start:start + self.clip_length])
+            preds.append(clip.pred)
+            scores.append(clip.score)
+            if progress is not None:
+                progress(min(start + self.clip_length, len(frames)))
+        return VideoPrediction(pred=torch.cat(preds), score=torch.cat(scores))
 
 
-@torch.inference_mode()
-def segment_video_recompute(model: nn.Module, frames: torch.Tensor, support_img: torch.Tensor,
-                            support_mask: torch.Tensor, generator: torch.Generator | None = None,
-                            clip_length: int = CLIP_LENGTH, memory_threshold: float = MEMORY_THRESHOLD,
-                            memory_size: int = MEMORY_SIZE, use_memory: bool = True) -> VideoPrediction:
-    """The authors' protocol: every clip calls the model on images, supports and memory frames
-    (with their predicted masks) re-encoded from scratch. Same arguments as `VideoSegmenter`."""
-    _check_video(frames, support_img, support_mask)
-    model.eval()
-    device = next(model.parameters()).device
-    frames, support_img, support_mask = frames.to(device), support_img.to(device), support_mask.to(device)
-    reliable, preds, scores = [], [], []        # reliable: (image [3,H,W], predicted mask [1,H,W])
-    for start in range(0, len(frames), clip_length):
-        clip_frames = frames[start:start + clip_length]
-        memory = draw_memory(reliable, memory_size, generator) if use_memory else []
-        images = torch.cat([support_img, *(image[None] for image, _ in memory)])
-        masks = torch.cat([support_mask, *(mask[None] for _, mask in memory)])
-        pred, score = model(clip_frames[None], None, images[None], masks[None])
-        preds.append(pred[0])
-        scores.append(score[0])
-        reliable.extend((clip_frames[i], pred[0, i, None].float()) for i in range(len(clip_frames))
-                        if score[0, i] >= memory_threshold)
-    return VideoPrediction(pred=torch.cat(preds).cpu(), score=torch.cat(scores).cpu())
+class VideoSession:
+    """One video being segmented clip by clip (from `VideoSegmenter.start`).
+
+    Holds the supports' encoding, the memory pool (one `MemoryFrame` per reliable frame, or the
+    `memory_pool_size` most recent ones) and the previous clip's reliable frames' backbone
+    features until the next `step` (the last clip's frames are never encoded: no clip reads
+    them). Nothing else of the video is kept.
+    """
+
+    def __init__(self, segmenter: VideoSegmenter, supports: SupportEncoding, generator: torch.Generator | None):
+        self.segmenter = segmenter
+        self.supports = supports
+        self.generator = generator
+        self.memory_pool: list[MemoryFrame] = []
+        self._reliable = None       # (backbone features, predicted masks, tokens) of the last clip's reliable frames
+
+    @torch.inference_mode()
+    def step(self, clip_frames: torch.Tensor) -> ClipResult:
+        """The next clip of the video: clip_frames [t,3,H,W] normalised, 1 <= t <= clip_length."""
+        segmenter, model = self.segmenter, self.segmenter.model
+        if clip_frames.dim() != 4 or not 1 <= len(clip_frames) <= segmenter.clip_length:
+            raise ModelError(f"a clip must be [t,3,H,W] with 1 <= t <= {segmenter.clip_length}, "
+                             f"got {list(clip_frames.shape)}")
+        with segmenter._autocast():
+            self._encode_reliable()
+            features = segmenter._features(clip_frames)
+            memory = draw_memory(self.memory_pool, segmenter.memory_size, self.generator) if segmenter.use_memory else []
+            support = SupportEncoding.cat([self.supports, *(m.unpack() for m in memory)]) if memory else self.supports
+            clip = model.predict_clip(features, support)
+            if segmenter.use_memory:
+                keep = (clip.score[0] >= segmenter.memory_threshold).nonzero().flatten().tolist()
+                if keep:
+                    self._reliable = ({k: v[:, keep] for k, v in features.items()}, clip.pred[:, keep, None],
+                                      clip.query_tokens[:, keep])
+        return ClipResult(pred=clip.pred[0].cpu(), score=clip.score[0].float().cpu())
+
+    def _encode_reliable(self) -> None:
+        """Encode the previous clip's reliable frames into the pool: a later clip exists now."""
+        if self._reliable is None:
+            return
+        features, masks, tokens = self._reliable
+        self._reliable = None
+        encoded = self.segmenter.model.encode_support(features, masks, tokens=tokens)
+        self.memory_pool.extend(MemoryFrame.pack(encoded.select([i])) for i in range(masks.shape[1]))
+        if self.segmenter.memory_pool_size > 0:
+            del self.memory_pool[:-self.segmenter.memory_pool_size]
+
+    def memory_nbytes(self) -> int:
+        """Bytes held by the memory pool."""
+        return sum(m.nbytes() for m in self.memory_pool)

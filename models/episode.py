@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from .engine import draw_memory
+
 
 @dataclass(frozen=True)
 class ClipPlan:
@@ -25,15 +27,12 @@ class ClipPlan:
 
 def plan_episode(num_frames: int, clip_length: int = 5, memory_size: int = 5,
                  generator: torch.Generator | None = None) -> list[ClipPlan]:
-    """Cut `num_frames` into clips and draw each clip's memory frames."""
+    """Cut `num_frames` into clips and draw each clip's memory frames from all earlier frames
+    (`draw_memory`: one randperm from `generator` per clip with more than `memory_size`)."""
     plans = []
     for start in range(0, num_frames, clip_length):
         frames = list(range(start, min(start + clip_length, num_frames)))
-        if start <= memory_size:
-            memory = list(range(start))
-        else:
-            memory = sorted(torch.randperm(start, generator=generator)[:memory_size].tolist())
-        plans.append(ClipPlan(frames, memory))
+        plans.append(ClipPlan(frames, draw_memory(list(range(start)), memory_size, generator)))
     return plans
 
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from dataset import DatasetError, build_dataset, write_synthetic_youtube_vis
+from dataset import DatasetError, build_dataset
+from synthetic import write_synthetic_youtube_vis
 from helpers import reference_case
 from dataset.transforms import (IMAGENET_MEAN, IMAGENET_STD, TestTransform, TrainTransform,
                                 letterbox_geometry, letterbox_mask)

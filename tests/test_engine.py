@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from helpers import reference_case, reference_model
-from models import ModelError, VideoSegmenter, segment_video_recompute
+from benchmarks.recompute import segment_video_recompute
+from models import ModelError, VideoSegmenter
 from models.engine import draw_memory
 
 SIZE = (64, 112)
@@ -67,3 +68,35 @@ def test_bad_video_shapes_are_clear_errors(model):
         VideoSegmenter(model).segment(frames[None], support_img, support_mask)
     with pytest.raises(ModelError, match="no frames"):
         VideoSegmenter(model).segment(frames[:0], support_img, support_mask)
+
+
+def test_memory_pool_size_keeps_the_latest_reliable_frames(model):
+    """A bounded pool draws from the last N reliable frames: same as the recompute path with the
+    same bound, and the session never holds more than N memory frames."""
+    frames, support_img, support_mask = video(32, 17)
+    options = dict(memory_threshold=0.0, memory_size=2, memory_pool_size=3)
+    cached, recomputed = both_paths(model, frames, support_img, support_mask, **options)
+    assert torch.equal(cached.pred, recomputed.pred)
+    torch.testing.assert_close(cached.score, recomputed.score, rtol=0, atol=1e-5)
+    session = VideoSegmenter(model, **options).start(support_img, support_mask, torch.Generator().manual_seed(11))
+    for start in range(0, 17, 5):
+        session.step(frames[start:start + 5])
+        assert len(session.memory_pool) <= 3
+    assert len(session.memory_pool) == 3
+    for frame in session.memory_pool:      # only the object positions' layer4 tokens are kept
+        assert frame.object_tokens.shape[0] == int(frame.object.sum())
+
+
+def test_session_steps_clip_by_clip(model):
+    frames, support_img, support_mask = video(33, 8)
+    whole = VideoSegmenter(model, memory_threshold=0.0).segment(frames, support_img, support_mask,
+                                                                generator=torch.Generator().manual_seed(3))
+    session = VideoSegmenter(model, memory_threshold=0.0).start(support_img, support_mask,
+                                                                torch.Generator().manual_seed(3))
+    clips = [session.step(frames[:5]), session.step(frames[5:])]
+    assert torch.equal(torch.cat([c.pred for c in clips]), whole.pred)
+    assert torch.equal(torch.cat([c.score for c in clips]), whole.score)
+    with pytest.raises(ModelError, match="1 <= t <= 5"):
+        session.step(frames[:6])
+    with pytest.raises(ModelError, match="clip must be"):
+        session.step(frames[0])
