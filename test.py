@@ -31,7 +31,7 @@ def build_parser():
                              "(default <output_dir>/<run_name>/best.pth); 'none' tests the untrained "
                              "model (backbone from --backbone-weights)")
     parser.add_argument("--runs", type=int, help="repeat with seeds seed..seed+N-1 (config: test_runs)")
-    parser.add_argument("--output", metavar="JSON", help="results file (default outputs/test_<dataset>_group<G>.json)")
+    parser.add_argument("--output", metavar="JSON", help="results file (default <run dir>/test/test_<checkpoint>_seed<S>.json, log beside it)")
     parser.add_argument("--save-vis", metavar="DIR", help="write per-frame overlays and per-video contact sheets (first run)")
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="allow checkpoints that hold arbitrary pickled objects (only for files you trust)")
@@ -44,9 +44,8 @@ def main(argv: Sequence[str]) -> int:
     values = explicit_values(args)
     if args.runs is not None:
         values["test_runs"] = args.runs
-    results = run_test(values, checkpoint=args.checkpoint, output=args.output, save_vis=args.save_vis,
-                       trusted=args.trust_checkpoint)
-    print(results["table"])
+    run_test(values, checkpoint=args.checkpoint, output=args.output, save_vis=args.save_vis,
+             trusted=args.trust_checkpoint)       # logs the table; JSON and log in the run directory
     return 0
 
 

@@ -76,3 +76,40 @@ def test_bf16_config_key_switches_the_engine_to_bfloat16_autocast():
     for values, dtype in (({}, None), ({"test_bf16": True}, torch.bfloat16)):
         cfg = resolve_config({}, dict(values, image_size=[64, 64]))
         assert make_segmenter(model, cfg).autocast_dtype == dtype
+
+
+def test_results_and_log_go_into_the_run_directory_named_after_checkpoint_and_seed(setup, tmp_path):
+    root, data, ours, _ = setup
+    run_dir = tmp_path / "runs" / "mine"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("image_size: [64, 64]\n")       # marks one of our run directories
+    ckpt = run_dir / "epoch_003.pth"
+    ckpt.write_bytes(open(ours, "rb").read())
+    assert run(test_script, ["--data-root", data, "--checkpoint", ckpt, "--seed", "7"] + ARGS) == 0
+    json_path, log_path = run_dir / "test" / "test_epoch_003_seed7.json", run_dir / "test" / "test_epoch_003_seed7.log"
+    assert json.loads(json_path.read_text())["aggregate"]["seeds"] == [7]
+    log = log_path.read_text()
+    assert "metrics table" in log and "results written to" in log
+    # an authors' file outside any run directory: results go to <output_dir>/<run_name>/test/
+    assert run(test_script, ["--data-root", data, "--checkpoint", ours, "--output-dir", tmp_path / "runs",
+                             "--run-name", "other", "--runs", "2"] + ARGS) == 0
+    assert (tmp_path / "runs" / "other" / "test" / "test_ours_seeds42-43.json").is_file()
+
+
+@pytest.mark.parametrize("where", ["output", "save_vis"])
+def test_unwritable_output_is_refused_before_the_model_is_loaded(setup, tmp_path, capsys, monkeypatch, where):
+    root, data, ours, _ = setup
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    import vipmt.evaluation as evaluation
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output location was checked")
+
+    monkeypatch.setattr(evaluation, "model_under_test", must_not_load)
+    argv = ["--data-root", data, "--checkpoint", ours] + ARGS
+    argv += ["--output", blocker / "results.json"] if where == "output" else \
+        ["--output", tmp_path / "r.json", "--save-vis", blocker / "vis"]
+    assert run(test_script, argv) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "not a directory" in err and str(blocker) in err

@@ -17,7 +17,7 @@ import shutil
 from typing import Any, Callable
 
 __all__ = ["atomic_copy", "atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_torch_save",
-           "remove_stale_temporaries"]
+           "remove_stale_temporaries", "unwritable_reason"]
 
 _TEMP_NAME = re.compile(r"^\..+\.tmp\d+_[0-9a-f]{8}$")     # .<name>.tmp<pid>_<8 hex digits>
 
@@ -41,6 +41,24 @@ def remove_stale_temporaries(directory: str) -> list:
         return _remove_temporaries(directory)
     with RunLock(directory):
         return _remove_temporaries(directory)
+
+
+def unwritable_reason(directory: str) -> "str | None":
+    """Why files cannot be created in ``directory`` (made with its missing parents if need be), or None.
+
+    Looks at the directory, or at its nearest existing parent when it does not exist yet: that
+    must be a directory this process may write in. Creates nothing, so a caller can check
+    before any work and before any folder appears.
+    """
+    path = os.path.abspath(directory)
+    while not os.path.lexists(path):
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        kind = "a file" if os.path.isfile(path) else "something else"
+        return f"{path!r} is {kind}, not a directory"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"no permission to create files in {path!r}"
+    return None
 
 
 def _remove_temporaries(directory: str) -> list:

@@ -21,7 +21,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from config import config_to_dict, dataset_root
-from utils.fileio import atomic_write_json
+from utils.fileio import atomic_write_json, unwritable_reason
+from utils.log import setup_logging
 from utils.metrics import FewShotEvaluator, jaccard
 from utils.runtime import UserError, resolve_device, seed_everything
 from utils.visualize import save_video_visualisation
@@ -31,13 +32,13 @@ from .build import BEST_CHECKPOINT, backbone_weights_path, build_model, build_sp
 from .cli import resolve_config
 from .loading import LoadedModel, load_trained_model
 
-__all__ = ["METRICS", "DEFAULT_RESULTS_DIR", "metric_names", "make_segmenter", "AllBackground", "model_under_test",
+__all__ = ["METRICS", "RESULTS_FOLDER", "metric_names", "results_path", "check_output_locations", "make_segmenter", "AllBackground", "model_under_test",
            "evaluate_split", "aggregate", "format_table", "run_test"]
 
 logger = logging.getLogger(__name__)
 
 METRICS = ("J", "F", "class_iou")        # + VC_<window>
-DEFAULT_RESULTS_DIR = "outputs"           # test.py writes <this>/test_<dataset>_group<G>.json by default
+RESULTS_FOLDER = "test"                   # test.py writes <run dir>/test/test_<checkpoint>_<seeds>.{json,log}
 
 
 def metric_names(cfg) -> List[str]:
@@ -170,21 +171,61 @@ def format_table(agg: Dict[str, Any], names: Mapping[str, str], metric_keys: Seq
     return "\n".join([title, line(headers), sep, *(line(r) for r in rows[:-1]), sep, line(rows[-1])])
 
 
+def results_path(cfg, checkpoint: Optional[str]) -> str:
+    """Where test.py writes its JSON by default (the log goes beside it, ``.log``).
+
+    ``<run dir>/test/test_<checkpoint name>_seed<S>.json`` (``_seeds<S>-<E>`` for several runs), so
+    results of different checkpoints and seeds never overwrite each other. The run directory is
+    the checkpoint's own folder when it is one of ours (``config.yaml`` beside it), otherwise
+    ``<output_dir>/<run_name>`` of the config (an authors' file, or ``--checkpoint none``).
+    """
+    path = checkpoint or os.path.join(run_directory(cfg), BEST_CHECKPOINT)
+    if path.lower() == "none":
+        name, folder = "untrained", run_directory(cfg)
+    else:
+        name = os.path.splitext(os.path.basename(path))[0]
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isfile(os.path.join(folder, "config.yaml")):
+            folder = run_directory(cfg)
+    last_seed = cfg.seed + cfg.test_runs - 1
+    seeds = f"seed{cfg.seed}" if cfg.test_runs == 1 else f"seeds{cfg.seed}-{last_seed}"
+    return os.path.join(folder, RESULTS_FOLDER, f"test_{name}_{seeds}.json")
+
+
+def check_output_locations(*, output: str, save_vis: Optional[str]) -> None:
+    """Refuse, before any model is loaded, outputs that cannot be written (UserError naming the path)."""
+    if os.path.isdir(output):
+        raise UserError(f"--output {output!r} is a directory; expected the path of the results JSON file")
+    reason = unwritable_reason(os.path.dirname(os.path.abspath(output)))
+    if reason:
+        raise UserError(f"cannot write the results file {output!r}: {reason}")
+    if save_vis:
+        if os.path.exists(save_vis) and not os.path.isdir(save_vis):
+            raise UserError(f"--save-vis {save_vis!r} is a file; expected a folder for the overlays")
+        reason = unwritable_reason(save_vis)
+        if reason:
+            raise UserError(f"cannot write the overlays to {save_vis!r}: {reason}")
+
+
 def run_test(values: Mapping[str, Any], *, checkpoint: Optional[str] = None, output: Optional[str] = None,
              save_vis: Optional[str] = None, trusted: bool = False) -> Dict[str, Any]:
-    """test.py's whole job: load, run ``test_runs`` seeds, aggregate, write the JSON; returns the results.
+    """test.py's whole job: load, run ``test_runs`` seeds, aggregate, write the JSON and a log; returns the results.
 
     ``values`` are explicit config values (see vipmt.cli); ``checkpoint`` as in
-    :func:`model_under_test`; ``output`` defaults to outputs/test_<dataset>_group<G>.json;
-    ``save_vis`` writes overlays of the first run. The results hold ``table`` (the text table).
+    :func:`model_under_test`; ``output`` defaults to :func:`results_path` (the log is written
+    beside it, same name, ``.log``); ``save_vis`` writes overlays of the first run. Output
+    locations are checked before the model is loaded. The results hold ``table`` (the text table).
     """
     early = resolve_config({}, values)
     if not os.path.exists(dataset_root(early)):                       # before loading any weights
         raise UserError(dataset_missing_message(early))
+    output = output or results_path(early, checkpoint)
+    check_output_locations(output=output, save_vis=save_vis)
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    setup_logging(os.path.splitext(output)[0] + ".log")
     cfg, loaded = model_under_test(values, checkpoint=checkpoint, trusted=trusted)
     device = resolve_device(cfg.device)
     segmenter = make_segmenter(loaded.model.to(device).eval(), cfg)
-    output = output or os.path.join(DEFAULT_RESULTS_DIR, f"test_{cfg.dataset}_group{cfg.group}.json")
     logger.info("testing %s on %s group %d (%d run(s)), device %s", loaded.description, cfg.dataset, cfg.group,
                 cfg.test_runs, device)
     metric_keys = metric_names(cfg)
@@ -198,9 +239,11 @@ def run_test(values: Mapping[str, Any], *, checkpoint: Optional[str] = None, out
                     ", ".join(f"{k} {m[k]:.4f}" if m[k] is not None else f"{k} n/a" for k in metric_keys))
     agg = aggregate(runs, metric_keys)
     names = runs[0]["class_names"]
+    table = format_table(agg, names, metric_keys)
     results = {"checkpoint": loaded.description, "dataset": cfg.dataset, "group": cfg.group,
                "metrics": metric_keys, "class_names": names, "aggregate": agg, "runs": runs,
                "config": config_to_dict(cfg), "seconds": round(time.time() - started, 1)}
     atomic_write_json(output, results)
+    logger.info("metrics table:\n%s", table)
     logger.info("results written to %s%s", output, f"; overlays in {save_vis}" if save_vis else "")
-    return dict(results, table=format_table(agg, names, metric_keys), output=output)
+    return dict(results, table=table, output=output)
