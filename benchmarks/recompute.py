@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from models.engine import (CLIP_LENGTH, MEMORY_POOL_ALL, MEMORY_SIZE, MEMORY_THRESHOLD, VideoPrediction,
-                           _check_video, draw_memory)
+                           check_video, draw_memory)
 
 
 @torch.inference_mode()
@@ -22,7 +22,7 @@ def segment_video_recompute(model: nn.Module, frames: torch.Tensor, support_img:
                             memory_pool_size: int = MEMORY_POOL_ALL) -> VideoPrediction:
     """frames [T,3,H,W], support_img [S,3,H,W], support_mask [S,1,H,W] -> VideoPrediction.
     Same arguments as `models.VideoSegmenter`."""
-    _check_video(frames, support_img, support_mask)
+    check_video(frames, support_img, support_mask)
     model.eval()
     device = next(model.parameters()).device
     frames, support_img, support_mask = frames.to(device), support_img.to(device), support_mask.to(device)

@@ -83,7 +83,8 @@ class MemoryFrame:
                                                            self.object_tokens))
 
 
-def _check_video(frames: torch.Tensor, support_img: torch.Tensor, support_mask: torch.Tensor) -> None:
+def check_video(frames: torch.Tensor, support_img: torch.Tensor, support_mask: torch.Tensor) -> None:
+    """One clear ModelError for a video tensor or supports of the wrong shape."""
     if frames.dim() != 4 or support_img.dim() != 4 or support_mask.dim() != 4:
         raise ModelError(f"expected frames [T,3,H,W], support_img [S,3,H,W], support_mask [S,1,H,W]; got "
                          f"{list(frames.shape)}, {list(support_img.shape)}, {list(support_mask.shape)}")
@@ -149,7 +150,7 @@ class VideoSegmenter:
         """frames [T,3,H,W], support_img [S,3,H,W], support_mask [S,1,H,W] (normalised images,
         0/1 masks) -> VideoPrediction. `generator` draws memory frames when there are too many;
         `progress` (optional) is called with the number of frames finished after each clip."""
-        _check_video(frames, support_img, support_mask)
+        check_video(frames, support_img, support_mask)
         session = self.start(support_img, support_mask, generator)
         preds, scores = [], []
         for start in range(0, len(frames), self.clip_length):

@@ -10,8 +10,10 @@ import pytest
 import torch
 
 import predict
+from dataset.transforms import letterbox_geometry
 from helpers import reference_model
-from vipmt.cli import run as run_script
+from vipmt import Predictor
+from vipmt.predictor import unletterbox
 
 SIZE = (64, 112)
 FRAME_HW = (90, 150)      # not the model's size: letterbox in, un-letterbox out
@@ -52,13 +54,13 @@ def run(workspace, **changes):
     root, checkpoint, video, supports, masks = workspace
     args = {"--checkpoint": str(checkpoint), "--video": str(video), "--output": str(root / "out"),
             "--image-size": [str(s) for s in SIZE], "--device": "cpu",
-            "--support-images": supports, "--support-masks": masks}
+            "--support-images": supports, "--support-masks": masks, "--overwrite": []}
     args.update(changes)
     argv = []
     for key, value in args.items():
         if value is not None:
             argv += [key, *(value if isinstance(value, list) else [value])]
-    return run_script(predict.main, argv)
+    return predict.run(predict.main, argv)
 
 
 def test_predict_writes_masks_video_and_scores(workspace):
@@ -86,9 +88,9 @@ def test_predict_writes_masks_video_and_scores(workspace):
 
 def test_unletterbox_inverts_letterbox_geometry():
     mask = np.zeros(SIZE, np.uint8)
-    new_h, new_w, top, left = predict.letterbox_geometry(*FRAME_HW, *SIZE)
+    new_h, new_w, top, left = letterbox_geometry(*FRAME_HW, *SIZE)
     mask[top:top + new_h, left:left + new_w // 2] = 1          # left half of the picture
-    back = predict.unletterbox(mask, FRAME_HW)
+    back = unletterbox(mask, FRAME_HW)
     assert back.shape == FRAME_HW
     assert back[:, : FRAME_HW[1] // 2 - 2].all() and not back[:, FRAME_HW[1] // 2 + 2:].any()
 
@@ -117,3 +119,68 @@ def test_unreadable_video(workspace, tmp_path, capsys):
     broken.write_bytes(b"this is not a video")
     assert run(workspace, **{"--video": str(broken)}) == 2
     assert "cannot read any frame" in capsys.readouterr().err
+
+
+def test_predict_writes_what_the_predictor_yields(workspace):
+    """predict.py is a thin layer: its files hold the Predictor's masks and scores."""
+    root, checkpoint, video, supports, masks = workspace
+    assert run(workspace, **{"--output": str(root / "same"), "--memory-threshold": "0"}) == 0
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu", image_size=SIZE, memory_threshold=0.0)
+    expected = list(predictor.segment(str(video), supports, masks))
+    report = json.loads((root / "same" / "predictions.json").read_text())
+    assert [r["frame"] for r in report["frames"]] == [r.name for r in expected]
+    assert [r["score"] for r in report["frames"]] == [r.score for r in expected]
+    for result in expected:
+        written = cv2.imread(str(root / "same" / "masks" / f"{result.name}.png"), cv2.IMREAD_UNCHANGED)
+        assert np.array_equal(written, result.mask * 255)
+
+
+def test_unreadable_frame_midway_leaves_nothing_behind(workspace, tmp_path, capsys):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for t in range(7):
+        cv2.imwrite(str(frames / f"{t:05d}.png"), disc_frame(t)[0])
+    (frames / "00007.png").write_bytes(b"truncated")       # read after the first clip was written
+    out = tmp_path / "out"
+    assert run(workspace, **{"--video": str(frames), "--output": str(out)}) == 2
+    err = capsys.readouterr().err
+    assert "cannot read image" in err and "00007.png" in err
+    assert os.listdir(out) == []
+
+
+def test_overlay_video_is_h264_that_browsers_play(workspace):
+    import av
+
+    root = workspace[0]
+    assert run(workspace, **{"--output": str(root / "h264")}) == 0
+    with av.open(str(root / "h264" / "overlay.mp4")) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "h264" and stream.codec_context.pix_fmt == "yuv420p"
+        assert sum(1 for _ in container.decode(stream)) == 7
+
+
+def test_non_empty_output_is_refused_unless_overwrite_and_then_replaced_completely(workspace, tmp_path, capsys):
+    out = tmp_path / "reused"
+    (out / "masks").mkdir(parents=True)
+    (out / "masks" / "stale_frame.png").write_bytes(b"from an earlier run")
+    assert run(workspace, **{"--output": str(out), "--overwrite": None}) == 2
+    err = capsys.readouterr().err
+    assert "not empty" in err and "--overwrite" in err
+    assert os.listdir(out / "masks") == ["stale_frame.png"]            # nothing touched
+    assert run(workspace, **{"--output": str(out)}) == 0                 # the helper passes --overwrite
+    masks = sorted(os.listdir(out / "masks"))
+    report = json.loads((out / "predictions.json").read_text())
+    assert masks == sorted(r["frame"] + ".png" for r in report["frames"]) and "stale_frame.png" not in masks
+
+
+def test_unwritable_output_is_refused_before_the_model_is_loaded(workspace, tmp_path, capsys, monkeypatch):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output folder was checked")
+
+    monkeypatch.setattr(Predictor, "from_checkpoint", must_not_load)
+    assert run(workspace, **{"--output": str(blocker / "out")}) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "not a directory" in err and str(blocker) in err

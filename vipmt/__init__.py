@@ -1,11 +1,18 @@
 """The VIPMT library layer: what the scripts (train.py, test.py, predict.py, demo.py) share.
 
+    from vipmt import Predictor      # segment any video from a few annotated images
+
     vipmt.cli         command-line plumbing: the common flags, config resolution, user errors
     vipmt.build       datasets, model and run directory from a resolved config
     vipmt.loading     load_trained_model: our checkpoints and the authors' files, one loader
     vipmt.training    the training loop (Trainer + TrainerState + hooks) and a whole run
     vipmt.evaluation  the test protocol over a split: runs, aggregation, the metrics table
+    vipmt.predictor   Predictor: streaming segmentation of a video of any length
+    vipmt.video_io    reading videos, frame folders, images and masks for the Predictor
 
 It sits between the scripts and the packages below it (models, dataset, config, utils), which
-never import it. Importing ``vipmt`` itself is cheap; each module imports what it needs.
+never import it.
 """
+from .predictor import Predictor
+
+__all__ = ["Predictor"]

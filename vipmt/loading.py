@@ -9,6 +9,7 @@ import torch
 
 from config import DEFAULTS
 from utils.checkpoint import is_our_checkpoint, load_checkpoint, load_model_state
+from utils.runtime import resolve_device
 
 __all__ = ["CHECKPOINT_HINT", "LoadedModel", "load_trained_model"]
 
@@ -30,13 +31,15 @@ def load_trained_model(path: Union[str, os.PathLike], *, device: Union[str, torc
     """Load our checkpoint, the authors' ``{'state_dict': ...}`` file or a bare state dict.
 
     The model is built for ``image_size`` (H, W); None takes the size saved in our checkpoint's
-    config, else the default 240x424 (the authors' size). ``trusted=True`` allows files that
+    config, else the default 240x424 (the authors' size). ``device``: 'auto', 'cpu', 'cuda',
+    'cuda:N' or a torch.device. ``trusted=True`` allows files that
     hold arbitrary pickled objects. A missing or unreadable file, or weights that do not fit
     (every missing / unexpected / wrongly shaped parameter named), raise CheckpointError.
     """
     from models import VIPMT  # noqa: WPS433 - keeps `import vipmt.loading` light for --help
 
     path = os.fspath(path)
+    device = device if isinstance(device, torch.device) else resolve_device(str(device))
     ckpt = load_checkpoint(path, trusted=trusted)
     ours = is_our_checkpoint(ckpt)
     saved = ckpt.get("config") if ours else None
@@ -47,4 +50,4 @@ def load_trained_model(path: Union[str, os.PathLike], *, device: Union[str, torc
     epoch = ckpt.get("epoch")
     kind = "ours" if ours else "authors'/plain state dict"
     description = f"{path} ({kind}{'' if epoch is None else f', epoch {epoch}'})"
-    return LoadedModel(model=model.to(torch.device(device)).eval(), config=saved, description=description)
+    return LoadedModel(model=model.to(device).eval(), config=saved, description=description)
