@@ -24,7 +24,8 @@ Documented behaviour for small or odd data:
 * a support frame whose class mask is empty is replaced by another frame of the class (same
   video first, then the other videos), up to ``MAX_SUPPORT_TRIES`` frames; if all are empty the
   first draw is kept (empty mask) and a warning is logged.
-* a class without any video is left out of ``classes`` (warning); no class left -> DatasetError.
+* a class without any video is left out of ``classes`` (one warning naming all of them, once per
+  process); no class left -> DatasetError.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ logger = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 GROUPS = (1, 2, 3, 4)
 MAX_SUPPORT_TRIES = 20
+_REPORTED_EMPTY_CLASSES: set[str] = set()   # warnings about classes without videos already logged
 
 
 class EpisodeDataset(Dataset):
@@ -101,7 +103,7 @@ class EpisodeDataset(Dataset):
 
     # ----------------------------------------------------------------- subclass interface
     def videos_of_class(self, class_id: int) -> list[str]:
-        """Videos containing ``class_id`` in this split, sorted."""
+        """Videos containing ``class_id`` (a class of this split, or of ``dataset_classes``), sorted."""
         raise NotImplementedError
 
     def query_frames_of(self, video: str, class_id: int) -> list[int]:
@@ -125,15 +127,23 @@ class EpisodeDataset(Dataset):
         raise NotImplementedError
 
     # ----------------------------------------------------------------- setup
-    def _set_classes(self, candidate_classes: Sequence[int], source: str) -> None:
-        """Keep the candidate classes that have videos; build the test enumeration."""
-        kept = []
-        for class_id in candidate_classes:
-            if self.videos_of_class(class_id):
-                kept.append(int(class_id))
-            else:
-                logger.warning("%s: class %s of the %s split (group %d) has no video; left out",
-                               source, class_id, self.split, self.group)
+    def _set_classes(self, candidate_classes: Sequence[int], source: str,
+                     dataset_classes: Sequence[int] | None = None) -> None:
+        """Keep the candidate classes that have videos; build the test enumeration.
+
+        The classes without a video are named in one warning: those of ``dataset_classes``
+        (every class of the dataset, when the subclass can list them) or else of the candidates.
+        The same warning is not repeated in a process (train.py and test.py build several splits).
+        """
+        kept = [int(c) for c in candidate_classes if self.videos_of_class(c)]
+        listed = [int(c) for c in (candidate_classes if dataset_classes is None else dataset_classes)]
+        empty = [c for c in listed if not self.videos_of_class(c)]
+        scope = "classes" if dataset_classes is not None else f"{self.split} classes of group {self.group}"
+        message = (f"{source}: {len(empty)} of the {len(listed)} {scope} have no video in this dataset and "
+                   f"are left out: {', '.join(str(c) for c in empty)}")
+        if empty and message not in _REPORTED_EMPTY_CLASSES:
+            _REPORTED_EMPTY_CLASSES.add(message)
+            logger.warning("%s", message)
         if not kept:
             raise DatasetError(f"{source}: none of the {self.split} classes of group {self.group} "
                                f"({', '.join(str(c) for c in candidate_classes)}) has a video")

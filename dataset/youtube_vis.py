@@ -339,8 +339,9 @@ class YouTubeVISDataset(EpisodeDataset):
         self.frames_dir = frames_dir or os.path.join(self.root, FRAMES_RELDIR)
         self._check_layout()
         self.index = index_annotations(self.annotation_file)
-        self._videos_by_class = {c: self.index.videos_of_class(c) for c in fold_classes(group, split)}
-        self._set_classes(fold_classes(group, split), self.annotation_file)
+        every_class = range(1, NUM_CATEGORIES + 1)
+        self._videos_by_class = {c: self.index.videos_of_class(c) for c in every_class}
+        self._set_classes(fold_classes(group, split), self.annotation_file, dataset_classes=every_class)
 
     def _check_layout(self) -> None:
         if not os.path.isdir(self.root) and not os.path.isfile(self.annotation_file):

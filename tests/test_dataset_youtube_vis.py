@@ -305,6 +305,19 @@ def test_class_with_fewer_videos_than_shots(tmp_path, caplog):
     assert "some support videos are used twice" in caplog.text
 
 
+def test_classes_without_videos_are_named_in_one_warning(tmp_path, caplog):
+    root = write_synthetic_youtube_vis(str(tmp_path / "sixteen"), seed=7, videos_per_class=1,
+                                       frames_per_video=2, frame_size=FRAME_SIZE, num_categories=16)
+    with caplog.at_level(logging.WARNING, logger="dataset"):
+        splits = [make(root, split, group=1) for split in ("train", "val", "test", "test")]
+    assert splits[0].classes == [c for c in range(2, 17) if (c - 1) % 4 != 0]
+    assert splits[2].classes == [1, 5, 9, 13]
+    warnings = [r.getMessage() for r in caplog.records if "no video" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "24 of the 40 classes have no video" in warnings[0]
+    assert warnings[0].endswith("left out: " + ", ".join(str(c) for c in range(17, 41)))
+
+
 def test_class_with_a_single_video_at_test_time(tmp_path, caplog):
     root = write_synthetic_youtube_vis(str(tmp_path / "single"), seed=6, videos_per_class=1,
                                        frames_per_video=4, frame_size=FRAME_SIZE)
