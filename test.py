@@ -1,6 +1,6 @@
 """Evaluate VIPMT on a fold's held-out classes.
 
-    python test.py --group 1                                   # runs/<dataset>_group1/best.pth
+    python test.py --group 1                                   # the paper's command: runs/<dataset>_group1/best.pth
     python test.py --group 1 --checkpoint path/to/authors.pth  # ours or the authors' format
     python test.py --group 1 --runs 5 --save-vis outputs/vis   # mean ± std over 5 seeds, overlays
 
@@ -19,18 +19,19 @@ from typing import Sequence
 
 from utils.log import setup_logging
 from utils.runtime import reuse_freed_memory
-from vipmt.cli import add_common_arguments, explicit_values, run, script_parser
+from config import ConfigError
+from vipmt.cli import add_config_arguments, explicit_values, run, script_parser
 from vipmt.evaluation import run_test
 
 
 def build_parser():
     parser = script_parser(__doc__)
-    add_common_arguments(parser)
+    add_config_arguments(parser)
     parser.add_argument("--checkpoint", metavar="PATH",
                         help="checkpoint to test: ours or the authors' {'state_dict': ...} file "
                              "(default <output_dir>/<run_name>/best.pth); 'none' tests the untrained "
                              "model (backbone from --backbone-weights)")
-    parser.add_argument("--runs", type=int, help="repeat with seeds seed..seed+N-1 (config: test_runs)")
+    parser.add_argument("--runs", type=int, help="repeat with seeds seed..seed+N-1 (= --test-runs N)")
     parser.add_argument("--output", metavar="JSON", help="results file (default <run dir>/test/test_<checkpoint>_seed<S>.json, log beside it)")
     parser.add_argument("--save-vis", metavar="DIR", help="write per-frame overlays and per-video contact sheets (first run)")
     parser.add_argument("--trust-checkpoint", action="store_true",
@@ -43,6 +44,9 @@ def main(argv: Sequence[str]) -> int:
     setup_logging()
     values = explicit_values(args)
     if args.runs is not None:
+        if values.get("test_runs", args.runs) != args.runs:
+            raise ConfigError(f"conflicting values for config key 'test_runs': --runs {args.runs} and "
+                              f"{values['test_runs']} from the config options; give one value")
         values["test_runs"] = args.runs
     run_test(values, checkpoint=args.checkpoint, output=args.output, save_vis=args.save_vis,
              trusted=args.trust_checkpoint)       # logs the table; JSON and log in the run directory

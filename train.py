@@ -1,8 +1,9 @@
 """Train VIPMT on one fold.
 
-    python train.py --group 1                                  # paper settings (config/config.py)
-    python train.py --group 1 --device cpu lr=1e-4 epochs=20   # key=value overrides the config
+    python train.py --group 1 --batch_size 4                   # the paper's command (config/config.py settings)
+    python train.py --group 1 --lr 1e-4 --epochs 20            # any config key as --key value (or key=value)
     python train.py --group 1 --resume                         # continue runs/<run>/last.pth
+    python train.py --group 1 --resume --lr 1e-4               # continue with another learning rate
     torchrun --nproc_per_node 4 train.py --group 1             # DDP (NCCL on GPUs, gloo on CPU)
 
 Each training episode is 15 query frames cut into three 5-frame clips and 5 support images
@@ -25,13 +26,13 @@ import os
 import sys
 from typing import Sequence
 
-from vipmt.cli import add_common_arguments, explicit_values, run, script_parser
+from vipmt.cli import add_config_arguments, explicit_values, run, script_parser
 from vipmt.training import run_training
 
 
 def build_parser():
     parser = script_parser(__doc__)
-    add_common_arguments(parser)
+    add_config_arguments(parser)
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in <output_dir>/<run_name> from its last.pth")
     parser.add_argument("--resume-from", metavar="CHECKPOINT",
