@@ -15,19 +15,14 @@ from helpers import reference_model
 from vipmt import Predictor
 from vipmt.predictor import unletterbox
 
-SIZE = (64, 112)
-FRAME_HW = (90, 150)      # not the model's size: letterbox in, un-letterbox out
+from test_predictor import FRAME_HW, SIZE
+from test_predictor import disc_frame as disc_frame_rgb
 
 
 def disc_frame(t: int) -> tuple[np.ndarray, np.ndarray]:
-    """A textured background with a moving bright disc; returns (BGR frame, 0/1 mask)."""
-    h, w = FRAME_HW
-    rng = np.random.default_rng(t)
-    frame = rng.integers(0, 80, size=(h, w, 3), dtype=np.uint8)
-    yy, xx = np.mgrid[:h, :w]
-    mask = ((yy - 45) ** 2 + (xx - 40 - 6 * t) ** 2 <= 20 ** 2).astype(np.uint8)
-    frame[mask > 0] = (40, 200, 240)
-    return frame, mask
+    """test_predictor's moving disc as a BGR frame (what OpenCV writes), and its 0/1 mask."""
+    frame, mask = disc_frame_rgb(t)
+    return np.ascontiguousarray(frame[..., ::-1]), mask
 
 
 @pytest.fixture(scope="module")
