@@ -288,7 +288,8 @@ def config_values_from_args(args: argparse.Namespace, dataset: Optional[str] = N
 
 def explicit_values(args: argparse.Namespace) -> Dict[str, Any]:
     """Config values given on the command line: ``--config FILE``, then the options and the
-    ``key=value`` overrides over it (which must agree where they name the same key)."""
+    ``key=value`` overrides over it. Options must agree with each other and with the overrides
+    where they name the same key; among ``key=value`` overrides the last one of a key wins."""
     values: Dict[str, Any] = {}
     config_path = getattr(args, "config", None)
     if config_path:
@@ -302,7 +303,7 @@ def explicit_values(args: argparse.Namespace) -> Dict[str, Any]:
         if key not in DEFAULTS:
             raise ConfigError(f"unknown config key {key!r}; valid keys are: {', '.join(sorted(DEFAULTS))}")
         value = parse_override(key, text, DEFAULTS[key])
-        by_key.setdefault(key, []).append((item, value))
+        by_key[key] = [(item, value)]      # a later key=value replaces an earlier one (scripts append to base lists)
         if key == "dataset":
             override_dataset = value
     dataset = override_dataset or values.get("dataset")

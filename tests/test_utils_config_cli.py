@@ -148,3 +148,7 @@ def test_readme_holds_the_current_alias_table():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "Authors' option names" in readme
     assert alias_table_markdown() in readme
+
+
+def test_a_later_key_value_override_replaces_an_earlier_one():
+    assert given("epochs=2", "episodes_per_class=1", "episodes_per_class=3") == {"epochs": 2, "episodes_per_class": 3}
