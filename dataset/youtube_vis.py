@@ -151,9 +151,9 @@ class NumberArrayStore:
             raise DatasetError(f"{self.path}: unexpected string {value[:20]!r} where a number array "
                                f"was expected") from None
         handle = self._file()
-        handle.seek(start)
         try:
-            return json.loads(handle.read(end - start))
+            # pread: no shared file offset, so threads (dataset.check decodes in a pool) cannot race
+            return json.loads(os.pread(handle.fileno(), end - start, start))
         except ValueError:
             raise DatasetError(f"{self.path} changed after it was indexed; restart to index it "
                                f"again") from None

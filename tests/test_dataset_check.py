@@ -108,3 +108,17 @@ def test_a_missing_dataset_is_a_user_error(tmp_path):
     with pytest.raises(DatasetError, match="list file not found"):
         check_dataset("minivspw", str(tmp_path), group=1)
     assert str(BadFile("a.jpg", "file not found")) == "a.jpg: file not found"
+
+
+def test_skimmed_arrays_resolve_correctly_from_many_threads(ytvis_clean):
+    """dataset.check decodes masks in a thread pool; reading skimmed arrays must not share a file offset."""
+    from concurrent.futures import ThreadPoolExecutor
+    from dataset.youtube_vis import PLACEHOLDER_PREFIX, index_annotations
+
+    index = index_annotations(os.path.join(ytvis_clean, "train", "train.json"))
+    placeholders = [f"{PLACEHOLDER_PREFIX}{k}" for k in range(len(index.arrays.starts))]
+    assert len(placeholders) > 10
+    expected = [index.arrays.resolve(p) for p in placeholders]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        rounds = list(pool.map(lambda _: [index.arrays.resolve(p) for p in placeholders], range(64)))
+    assert all(found == expected for found in rounds)
