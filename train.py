@@ -16,9 +16,14 @@ After every epoch the fold's held-out classes are validated with the same three-
 (eval mode); the metric is the mean class IoU.
 
 A run directory ``<output_dir>/<run_name>`` holds ``config.yaml``, ``train.log``,
-TensorBoard scalars (``tb/``), ``last.pth`` (every epoch, and every
-``checkpoint_every_iters`` iterations), ``best.pth`` and ``epoch_NNN.pth`` every
-``save_every`` epochs. All checkpoints are written atomically.
+``metrics.jsonl`` (one line per epoch), TensorBoard scalars (``tb/``), ``last.pth`` (every
+epoch, and every ``checkpoint_every_iters`` iterations), ``best.pth`` and, every
+``save_every`` epochs, ``epoch_NNN.pth`` (weights only unless periodic_checkpoint_full=true).
+All checkpoints are written atomically. One run at a time per directory (a second train.py on
+it is refused, naming the first one's pid and host). Ctrl-C (or SIGTERM) finishes the current
+step, saves last.pth and exits with status 130; --resume continues exactly. A resume may change
+lr, betas, weight_decay, epochs and the other settings that do not define the run; it refuses
+to change the ones that do (image_size, batch_size, group, ...: config/config.py marks them).
 """
 from __future__ import annotations
 

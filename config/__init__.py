@@ -2,6 +2,8 @@
 from .config import (  # noqa: F401
     DATASET_NAMES,
     DEFAULTS,
+    OPTIMIZER_KEYS,
+    RUN_DEFINING_KEYS,
     ConfigError,
     apply_overrides,
     check_image_size,
@@ -11,6 +13,7 @@ from .config import (  # noqa: F401
     get_config,
     load_config_file,
     read_config_file,
+    resume_changes,
     parse_override,
     save_config,
     update_config,

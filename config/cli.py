@@ -54,7 +54,10 @@ KEY_HELP = {
     "loss_weight_aux": "weight of the auxiliary loss",
     "loss_weight_contrast": "weight of the contrastive loss",
     "loss_weight_score": "weight of the score (IoU regression) loss",
-    "amp": "mixed precision with a gradient scaler (CUDA only)",
+    "amp": "mixed precision with a gradient scaler (CUDA; on CPU only with amp_on_cpu)",
+    "amp_max_consecutive_skips": "under AMP, stop after this many optimizer steps in a row skipped for "
+                                 "inf/nan gradients",
+    "amp_on_cpu": "testing aid: AMP (float16 autocast + gradient scaler) on CPU too; slow",
     "grad_clip": "max gradient norm; 0 disables",
     "memory_threshold": "a frame with predicted score >= this becomes memory",
     "memory_size": "at most this many memory frames per clip",

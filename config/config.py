@@ -45,6 +45,9 @@ __all__ = [
     "read_config_file",
     "dataset_root",
     "parse_override",
+    "resume_changes",
+    "RUN_DEFINING_KEYS",
+    "OPTIMIZER_KEYS",
 ]
 
 DATASET_NAMES = ("youtube_vis", "minivspw")
@@ -59,37 +62,47 @@ class ConfigError(ValueError):
     """A bad configuration value or override (the message names the key and the value)."""
 
 
+# Keys marked (R) define a run: ``train.py --resume`` refuses to change them (RUN_DEFINING_KEYS
+# below says why for each); every other key may change on resume, is applied and logged in
+# train.log and recorded in the checkpoint's history.
 DEFAULTS = EasyDict(
     {
         # ---- data ------------------------------------------------------------------
-        "dataset": "youtube_vis",                  # youtube_vis | minivspw
+        "dataset": "youtube_vis",                  # youtube_vis | minivspw (R)
         "youtube_vis_root": "data/Youtube-VOS",    # holds train/train.json, train/JPEGImages
         "minivspw_root": "data/VSPW_480p",         # VSPW 480p with lists/ (see dataset/)
-        "image_size": [240, 424],                  # (H, W) letterbox size, multiples of 8
+        "image_size": [240, 424],                  # (H, W) letterbox size, multiples of 8 (R)
         # The authors letterbox a whole list (query clip/video, support set) with its first frame's
         # size and offset, stretching frames of another aspect ratio. True letterboxes each frame
         # with its own size: a deviation that changes inputs and results when sizes are mixed.
-        "letterbox_per_frame": False,
-        "group": 1,                                # fold 1..4 (held-out classes)
-        "support_shots": 5,                        # annotated support images per episode
-        "query_frames": 15,                        # training query frames (3 clips of 5)
-        "clip_length": 5,                          # frames per clip (train and test)
-        "episodes_per_class": 100,                 # training episodes per class per epoch
-        "val_episodes_per_class": 50,              # validation episodes per class
+        "letterbox_per_frame": False,              # (R)
+        "group": 1,                                # fold 1..4 (held-out classes) (R)
+        "support_shots": 5,                        # annotated support images per episode (R)
+        "query_frames": 15,                        # training query frames (3 clips of 5) (R)
+        "clip_length": 5,                          # frames per clip (train and test) (R)
+        "episodes_per_class": 100,                 # training episodes per class per epoch (R)
+        "val_episodes_per_class": 50,              # validation episodes per class (R)
         "num_workers": 4,                          # DataLoader worker processes
         "check_data": False,                       # decode every frame and mask of train/val first (dataset.check)
         # ---- optimisation ------------------------------------------------------------
         "epochs": 100,
-        "batch_size": 4,                           # per process (DDP: per GPU)
+        "batch_size": 4,                           # per process (DDP: per GPU) (R)
         "val_batch_size": 4,
-        "lr": 5e-4,                                # Adam
+        "lr": 5e-4,                                # Adam; lr, betas, weight_decay: a resume sets them on it
         "betas": [0.9, 0.999],
         "weight_decay": 5e-4,
-        "loss_weight_main": 1.0,
-        "loss_weight_aux": 1.0,
-        "loss_weight_contrast": 1.0,
-        "loss_weight_score": 1.0,
-        "amp": True,                               # mixed precision + GradScaler (CUDA only)
+        "loss_weight_main": 1.0,                   # (R)
+        "loss_weight_aux": 1.0,                    # (R)
+        "loss_weight_contrast": 1.0,               # (R)
+        "loss_weight_score": 1.0,                  # (R)
+        "amp": True,                               # mixed precision + GradScaler (CUDA; CPU only with amp_on_cpu)
+        # Under AMP a step whose gradients are inf/nan is skipped by the gradient scaler, which lowers
+        # its scale (the usual overflow while the scale settles); the run stops after this many skipped
+        # steps in a row. In float32 a non-finite loss stops the run at once.
+        "amp_max_consecutive_skips": 20,
+        # Testing aid: AMP on CPU too (float16 autocast + GradScaler("cpu"), both supported by torch
+        # >= 2.3), so that the mixed-precision path runs without a GPU. Slow; not a way to train.
+        "amp_on_cpu": False,
         "grad_clip": 0.0,                          # max grad norm; 0 disables (reference: off)
         # ---- inference (test.py) -------------------------------------------------------
         "memory_threshold": 0.8,                   # score >= this makes a frame reliable memory
@@ -100,9 +113,9 @@ DEFAULTS = EasyDict(
         "test_runs": 1,                            # repeat the test with seeds seed..seed+N-1
         "test_bf16": False,                        # bfloat16 autocast in test.py (CUDA, or CPUs with AVX512-BF16)
         # ---- model -------------------------------------------------------------------
-        "backbone_weights": "pretrain_model/resnet50_v2.pth",   # 'none' = random backbone
+        "backbone_weights": "pretrain_model/resnet50_v2.pth",   # 'none' = random backbone (R)
         # ---- run ---------------------------------------------------------------------
-        "seed": 42,
+        "seed": 42,                                # (R)
         "device": "auto",                          # auto | cpu | cuda | cuda:N
         "output_dir": "runs",                      # run directories are created in here
         "run_name": "",                            # default: <dataset>_group<G>
@@ -113,6 +126,30 @@ DEFAULTS = EasyDict(
         "log_every": 10,                           # TensorBoard scalars every N iterations
     }
 )
+
+# The keys (R) that define a run, and why a resume cannot change them.
+_EPISODE = "the training episode's shape"
+RUN_DEFINING_KEYS = {
+    "dataset": "the classes trained on and held out",
+    "group": "the classes trained on and held out",
+    "image_size": "the network's input size (the score head's weights depend on it)",
+    "letterbox_per_frame": "the inputs the network is trained on",
+    "support_shots": _EPISODE,
+    "query_frames": _EPISODE,
+    "clip_length": _EPISODE,
+    "memory_size": _EPISODE,
+    "episodes_per_class": "the epoch's batches, which a resume continues inside",
+    "batch_size": "the epoch's batches, which a resume continues inside",
+    "val_episodes_per_class": "the validation episodes that choose best.pth",
+    "seed": "every random stream of the run",
+    "loss_weight_main": "the training objective",
+    "loss_weight_aux": "the training objective",
+    "loss_weight_contrast": "the training objective",
+    "loss_weight_score": "the training objective",
+    "backbone_weights": "the backbone, which a resume takes from the checkpoint",
+}
+# Keys a resume sets on the restored optimizer (its saved state holds the old values).
+OPTIMIZER_KEYS = ("lr", "weight_decay", "betas")
 
 _TRUE = {"1", "true", "yes", "on", "y", "t"}
 _FALSE = {"0", "false", "no", "off", "n", "f"}
@@ -263,7 +300,7 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(f"device={device!r}: expected auto, cpu, cuda or cuda:N")
     positive = ("support_shots", "query_frames", "clip_length", "episodes_per_class",
                 "val_episodes_per_class", "epochs", "batch_size", "val_batch_size", "memory_size",
-                "vc_window", "test_runs", "save_every", "validate_every", "log_every")
+                "vc_window", "test_runs", "save_every", "validate_every", "log_every", "amp_max_consecutive_skips")
     for key in positive:
         if cfg[key] < 1:
             raise ConfigError(f"{key}={cfg[key]}: expected a positive integer")
@@ -292,6 +329,22 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     for key in ("loss_weight_main", "loss_weight_aux", "loss_weight_contrast", "loss_weight_score"):
         if cfg[key] < 0:
             raise ConfigError(f"{key}={cfg[key]}: expected >= 0")
+
+
+def resume_changes(saved: Mapping[str, Any], new: Mapping[str, Any]) -> dict:
+    """``{key: (saved value, new value)}`` of the keys a resume changes; ConfigError for run-defining ones.
+
+    ``saved`` and ``new`` are complete configs (the checkpoint's, completed with the defaults,
+    and the one the resumed run would use). Every refused key is named in one error.
+    """
+    changes = {key: (saved.get(key), new[key]) for key in DEFAULTS if saved.get(key) != new[key]}
+    refused = [key for key in changes if key in RUN_DEFINING_KEYS]
+    if refused:
+        listed = "; ".join(f"{key} ({_show(changes[key][0])} -> {_show(changes[key][1])}: "
+                           f"{RUN_DEFINING_KEYS[key]})" for key in refused)
+        raise ConfigError(f"--resume cannot change {listed}. These keys define the run; resume without "
+                          f"changing them, or start a new run (another --run-name) with the new values")
+    return changes
 
 
 def _show(value: Any) -> str:

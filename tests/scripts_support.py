@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import sys
 
@@ -16,6 +17,19 @@ IMAGE = 64                      # smallest size the model accepts: the ResNet-50
 TINY = ["image_size=64,64", "query_frames=3", "clip_length=1", "memory_size=1",
         "episodes_per_class=1", "val_episodes_per_class=1", "val_batch_size=1", "num_workers=0",
         "epochs=1", "batch_size=1", "checkpoint_every_iters=0"]
+
+
+def with_overrides(argv, *overrides: str) -> list:
+    """``argv`` with ``key=value`` overrides in place of its ``key=value`` entries for the same keys
+    (a key given twice with different values is an error on the command line)."""
+    keys = {item.split("=", 1)[0] for item in overrides}
+    return [item for item in argv if not (isinstance(item, str) and "=" in item and not item.startswith("-")
+                                          and item.split("=", 1)[0] in keys)] + list(overrides)
+
+
+def tiny(*overrides: str) -> list:
+    """TINY with ``key=value`` overrides in place of its entries for the same keys."""
+    return with_overrides(TINY, *overrides)
 
 
 def write_dataset(root: str, num_categories: int = 4, frames: int = 8) -> str:
@@ -36,7 +50,17 @@ def load_script(name: str):
 
 
 def run(script, argv):
-    """Run a script's main like the command line does: returns the exit status."""
+    """Run a script's main like the command line does: returns the exit status.
+
+    Afterwards the logging handlers the script set up are closed, as at the end of a process
+    (they would write to this test's captured stderr, closed by the next test).
+    """
     from vipmt.cli import run as run_main
 
-    return run_main(script.main, [str(a) for a in argv])
+    try:
+        return run_main(script.main, [str(a) for a in argv])
+    finally:
+        root = logging.getLogger()
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+            handler.close()

@@ -1,6 +1,10 @@
-"""train.py: one training step, interrupt + resume, the NaN guard (tiny synthetic data, CPU)."""
+"""train.py: one training step, kill -9 / Ctrl-C + resume, the run lock, resume with changed values,
+periodic and metrics files, AMP's skipped steps and the NaN guard (tiny synthetic data, CPU)."""
+import json
 import math
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -8,9 +12,10 @@ import time
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from helpers import reference_case
-from scripts_support import REPO, TINY, load_script, run, write_dataset
+from scripts_support import REPO, TINY, load_script, run, tiny, with_overrides, write_dataset
 
 train = load_script("train")
 
@@ -63,40 +68,37 @@ def _load(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _kill_after_first_checkpoint(argv, checkpoint, timeout=300):
-    """Start train.py in a subprocess and SIGKILL it as soon as `checkpoint` exists."""
-    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "train.py")] + [str(a) for a in argv],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _start_train(argv, stderr_path):
+    """train.py in a subprocess (its stderr to a file)."""
+    with open(stderr_path, "w") as stderr:
+        return subprocess.Popen([sys.executable, os.path.join(REPO, "train.py")] + [str(a) for a in argv],
+                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr)
+
+
+def _wait_for(proc, path, stderr_path, timeout=600):
+    """Wait until `path` exists while `proc` runs; fail (showing its stderr) if it ended first."""
     deadline = time.time() + timeout
+    while not os.path.exists(path) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    if not os.path.exists(path):
+        proc.kill()
+        proc.wait()
+        pytest.fail(f"train.py ended or timed out before writing {path}:\n" + open(stderr_path).read()[-3000:])
+
+
+def _kill_after_first_checkpoint(argv, checkpoint, stderr_path):
+    """Start train.py in a subprocess and SIGKILL it as soon as `checkpoint` exists."""
+    proc = _start_train(argv, stderr_path)
     try:
-        while not os.path.exists(checkpoint) and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.02)
+        _wait_for(proc, checkpoint, stderr_path)
     finally:
         proc.kill()
         proc.wait()
-    assert os.path.exists(checkpoint), "the run was killed before it wrote a checkpoint"
 
 
-def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path):
-    # one training class (2 episodes -> 2 iterations per epoch), 2 epochs = 4 steps; last.pth
-    # is refreshed after every iteration
-    one_class = write_dataset(str(tmp_path / "one_class"), num_categories=2)
-    common = ["--data-root", one_class, "--device", "cpu", "--backbone-weights", "none",
-              "--output-dir", tmp_path / "runs"] + TINY + ["epochs=2", "episodes_per_class=2",
-                                                            "checkpoint_every_iters=1"]
-    assert run(train, common + ["--run-name", "straight"]) == 0
-    # kill -9 once the first checkpoint exists, resume and stop at the end of epoch 1 (or one
-    # step later if the killed run got further), resume and stop one step later, then finish
-    pieces = common + ["--run-name", "pieces"]
-    _kill_after_first_checkpoint(pieces, tmp_path / "runs/pieces/last.pth")
-    assert _load(tmp_path / "runs/pieces/last.pth")["global_step"] >= 1
-    assert run(train, pieces + ["--resume", "--stop-after", "2"]) == 0
-    assert run(train, pieces + ["--resume", "--stop-after", "3"]) == 0
-    assert _load(tmp_path / "runs/pieces/last.pth")["global_step"] == 3
-    assert run(train, pieces + ["--resume"]) == 0
-
-    a, b = _load(tmp_path / "runs/straight/last.pth"), _load(tmp_path / "runs/pieces/last.pth")
-    assert a["epoch"] == b["epoch"] == 2 and a["global_step"] == b["global_step"] == 4
+def _assert_same_run(a, b):
+    """Two runs' last.pth hold the same weights, optimizer state, history and config (but the names)."""
+    assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"])
     assert a["state_dict"].keys() == b["state_dict"].keys()
     for name, value in a["state_dict"].items():
         assert torch.equal(value, b["state_dict"][name]), name
@@ -105,32 +107,245 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path):
     assert a["metrics"]["history"] == b["metrics"]["history"]   # same losses and validation IoU
     assert {k: v for k, v in a["config"].items() if k != "run_name"} == \
         {k: v for k, v in b["config"].items() if k != "run_name"}
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """An uninterrupted run to compare interrupted ones with: one training class (2 episodes -> 2
+    iterations per epoch), 2 epochs = 4 steps; last.pth after every iteration, epoch_NNN.pth after
+    every epoch. Returns (the arguments common to the runs, the run directory)."""
+    root = tmp_path_factory.mktemp("straight")
+    one_class = write_dataset(str(root / "one_class"), num_categories=2)
+    common = ["--data-root", one_class, "--device", "cpu", "--backbone-weights", "none",
+              "--output-dir", root / "runs"] + tiny("epochs=2", "episodes_per_class=2", "checkpoint_every_iters=1",
+                                                      "save_every=1")
+    assert run(train, common + ["--run-name", "straight"]) == 0
+    return common, root / "runs" / "straight"
+
+
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(straight, tmp_path):
+    common, straight_dir = straight
+    # kill -9 once the first checkpoint exists, resume and stop at the end of epoch 1 (or one
+    # step later if the killed run got further), resume and stop one step later, then finish
+    pieces = common + ["--run-name", "pieces"]
+    run_dir = straight_dir.parent / "pieces"
+    _kill_after_first_checkpoint(pieces, run_dir / "last.pth", tmp_path / "stderr.txt")
+    assert _load(run_dir / "last.pth")["global_step"] >= 1
+    assert run(train, pieces + ["--resume", "--stop-after", "2"]) == 0
+    assert run(train, pieces + ["--resume", "--stop-after", "3"]) == 0
+    assert _load(run_dir / "last.pth")["global_step"] == 3
+    assert run(train, pieces + ["--resume"]) == 0
+
+    a, b = _load(straight_dir / "last.pth"), _load(run_dir / "last.pth")
+    assert a["epoch"] == 2 and a["global_step"] == 4
+    _assert_same_run(a, b)
     # the run directory is complete and self-describing
-    run_dir = tmp_path / "runs/pieces"
-    for name in ("config.yaml", "train.log", "last.pth", "best.pth", "tb"):
+    for name in ("config.yaml", "train.log", "last.pth", "best.pth", "tb", "metrics.jsonl"):
         assert (run_dir / name).exists(), name
     assert b["config"]["image_size"] == [64, 64] and b["config"]["epochs"] == 2
     log = (run_dir / "train.log").read_text()
     assert "resumed after epoch" in log and "RANDOM backbone" in log   # --backbone-weights none warns
     assert not [f for f in os.listdir(run_dir) if ".tmp" in f]          # no temporary files left behind
+    # metrics.jsonl: one line per epoch after three resumes, as in the uninterrupted run
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [1, 2]
+    assert (run_dir / "metrics.jsonl").read_text() == (straight_dir / "metrics.jsonl").read_text()
+    assert set(lines[1]) >= {"train_loss", "train_main", "train_aux", "train_contrast", "train_score",
+                             "val_mean_class_iou", "val_class_iou", "global_step", "lr"}
+    assert lines[1]["global_step"] == 4 and list(lines[1]["val_class_iou"]) == ["1"]   # the held-out class
+    assert lines[1]["val_mean_class_iou"] == pytest.approx(lines[1]["val_class_iou"]["1"])
+    assert [r["val_mean_class_iou"] for r in b["metrics"]["history"]] == [r["val_mean_class_iou"] for r in lines]
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path, monkeypatch, capsys):
+def test_periodic_checkpoints_hold_the_weights_only(straight):
+    from utils.checkpoint import is_resumable
+
+    _common, run_dir = straight
+    last, best, periodic = (_load(run_dir / name) for name in ("last.pth", "best.pth", "epoch_002.pth"))
+    assert is_resumable(last) and is_resumable(best) and not is_resumable(periodic)
+    assert periodic["contents"] == "weights" and "optimizer" not in periodic and "rng" not in periodic
+    assert periodic["epoch"] == 2 and periodic["config"] == last["config"]
+    assert all(torch.equal(v, last["state_dict"][k]) for k, v in periodic["state_dict"].items())
+    assert os.path.getsize(run_dir / "epoch_002.pth") < 0.5 * os.path.getsize(run_dir / "last.pth")
+    assert _load(run_dir / "epoch_001.pth")["epoch"] == 1
+
+
+def test_ctrl_c_saves_last_pth_exits_130_and_resume_continues_exactly(straight, tmp_path, capsys):
+    common, straight_dir = straight
+    argv = common + ["--run-name", "ctrl_c"]
+    run_dir = straight_dir.parent / "ctrl_c"
+    stderr_path = tmp_path / "stderr.txt"
+    proc = _start_train(argv, stderr_path)
+    try:
+        _wait_for(proc, run_dir / "last.pth", stderr_path)
+        # while it runs, a second train.py on the same run directory is refused, naming the first
+        assert run(train, argv + ["--resume"]) == 2
+        err = capsys.readouterr().err
+        assert "is in use by another process" in err and f"pid {proc.pid} on host {socket.gethostname()}" in err
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=600) == 130
+    finally:
+        proc.kill()
+        proc.wait()
+    err = stderr_path.read_text()
+    assert "Traceback" not in err and "SIGINT: stopping after the current step" in err
+    stopped = _load(run_dir / "last.pth")
+    assert 1 <= stopped["global_step"] < 4
+    log = (run_dir / "train.log").read_text()
+    assert f"interrupted at epoch {stopped['epoch'] + 1}, iteration {stopped['iteration']}/2 (SIGINT, " \
+           f"step {stopped['global_step']})" in log
+    assert run(train, argv + ["--resume"]) == 0
+    _assert_same_run(_load(straight_dir / "last.pth"), _load(run_dir / "last.pth"))
+    assert (run_dir / "metrics.jsonl").read_text() == (straight_dir / "metrics.jsonl").read_text()
+
+
+def test_second_ctrl_c_exits_at_once_without_saving(straight, tmp_path):
+    common, straight_dir = straight
+    run_dir = straight_dir.parent / "twice"
+    stderr_path = tmp_path / "stderr.txt"
+    # last.pth only at epoch ends: the first exists after epoch 1; the signals come inside epoch 2
+    proc = _start_train(with_overrides(common, "checkpoint_every_iters=0") + ["--run-name", "twice"], stderr_path)
+    try:
+        _wait_for(proc, run_dir / "last.pth", stderr_path)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=600) == 130
+    finally:
+        proc.kill()
+        proc.wait()
+    err = stderr_path.read_text()
+    assert "SIGINT again: exiting at once without saving" in err and "Traceback" not in err
+    kept = _load(run_dir / "last.pth")
+    assert (kept["epoch"], kept["iteration"]) == (1, 0)       # the step in progress was not saved
+    assert "interrupted at epoch" not in (run_dir / "train.log").read_text()
+
+
+def test_resume_sets_a_new_learning_rate_on_the_optimizer_and_records_it(straight, tmp_path):
+    common, straight_dir = straight
+    base = _load(straight_dir / "last.pth")                  # after 2 epochs (4 steps) at lr 5e-4
+    for name in ("same", "double"):                          # the resumed runs replace (not rewrite) last.pth
+        (tmp_path / name).mkdir()
+        os.link(straight_dir / "last.pth", tmp_path / name / "last.pth")
+    more = with_overrides(common, "epochs=3") + ["--stop-after", "5"]      # one more step, in epoch 3
+    assert run(train, more + ["--resume-from", tmp_path / "same/last.pth"]) == 0
+    assert run(train, more + ["--resume-from", tmp_path / "double/last.pth", "--lr", "1e-3"]) == 0
+    same, double = _load(tmp_path / "same/last.pth"), _load(tmp_path / "double/last.pth")
+    assert same["global_step"] == double["global_step"] == 5
+    assert {g["lr"] for g in same["optimizer"]["param_groups"]} == {5e-4}
+    assert {g["lr"] for g in double["optimizer"]["param_groups"]} == {1e-3}
+    # Adam's update is lr times a term that does not depend on lr (same gradients, same moments):
+    # twice the rate moves every weight twice as far
+    moved_same = torch.cat([(same["state_dict"][k] - v).flatten() for k, v in base["state_dict"].items()
+                            if v.is_floating_point()])
+    moved_double = torch.cat([(double["state_dict"][k] - v).flatten() for k, v in base["state_dict"].items()
+                              if v.is_floating_point()])
+    assert moved_same.abs().max() > 1e-5
+    # (compared as a whole: each weight's move carries the float32 rounding of weight + step)
+    assert (moved_double - 2 * moved_same).norm() <= 1e-3 * (2 * moved_same).norm()    # lr ignored: 0.5
+    # what is used is what is shown: config.yaml, the checkpoint's config, train.log, the history
+    run_dir = tmp_path / "double"
+    assert double["config"]["lr"] == 1e-3 and double["config"]["epochs"] == 3
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["lr"] == 1e-3
+    log = (run_dir / "train.log").read_text()
+    assert "resuming with changed config values:" in log and "lr 0.0005 -> 0.001 (set on the optimizer)" in log
+    change = double["metrics"]["config_changes"][-1]
+    assert (change["epoch"], change["iteration"], change["global_step"]) == (2, 0, 4)
+    assert change["changes"]["lr"] == [5e-4, 1e-3] and change["changes"]["epochs"] == [2, 3]
+    assert change["changes"]["run_name"] == ["straight", "double"]     # --resume-from a copy: its directory
+    assert "lr" not in same["metrics"]["config_changes"][-1]["changes"]
+
+
+def test_resume_refuses_to_change_what_defines_the_run(straight, capsys):
+    common, straight_dir = straight
+    before = {name: (straight_dir / name).read_bytes() for name in ("config.yaml", "train.log", "metrics.jsonl")}
+    argv = with_overrides(common, "image_size=96,96", "batch_size=2") + ["--run-name", "straight", "--resume"]
+    assert run(train, argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in err
+    assert "--resume cannot change image_size (64,64 -> 96,96" in lines[0] and "batch_size (1 -> 2" in lines[0]
+    assert all((straight_dir / name).read_bytes() == data for name, data in before.items())   # nothing written
+
+
+@pytest.fixture
+def small_loss_scale(monkeypatch):
+    """GradScaler starting at 2**8 instead of 2**16: the first float16 steps of these tiny random-backbone
+    runs then do not overflow on their own (at 2**16 step 1 does, and is skipped: the scaler's normal
+    settling), so only the injected non-finite losses are skipped."""
+    import functools
+
+    monkeypatch.setattr(torch.amp, "GradScaler", functools.partial(torch.amp.GradScaler, init_scale=SMALL_SCALE))
+
+
+SMALL_SCALE = 256.0
+
+
+def test_amp_on_cpu_steps_and_the_gradient_scaler_survives_resume(straight, small_loss_scale):
+    common, straight_dir = straight
+    argv = with_overrides(common, "epochs=1", "amp_on_cpu=true", "periodic_checkpoint_full=true") + ["--run-name", "amp"]
+    run_dir = straight_dir.parent / "amp"
+    assert run(train, argv + ["--stop-after", "1"]) == 0
+    first = _load(run_dir / "last.pth")
+    assert first["global_step"] == 1 and first["scaler"] == {"scale": SMALL_SCALE, "growth_factor": 2.0,
+                                                             "backoff_factor": 0.5, "growth_interval": 2000,
+                                                             "_growth_tracker": 1}
+    assert run(train, argv + ["--resume"]) == 0
+    final = _load(run_dir / "last.pth")
+    # the resumed scaler continued the saved one: a fresh one would count 1 successful step, not 2
+    assert final["global_step"] == 2 and final["scaler"]["_growth_tracker"] == 2 and final["amp_skipped_steps"] == 0
+    assert "AMP on (torch.float16" in (run_dir / "train.log").read_text()
+    record = final["metrics"]["history"][0]
+    assert all(math.isfinite(record[f"train_{k}"]) for k in ("loss", "main", "aux", "contrast", "score"))
+    changed = [k for k, v in first["state_dict"].items() if not torch.equal(v, final["state_dict"][k])]
+    assert {"upsample1.weight", "upsample2.weight"} <= set(changed) and len(changed) > 50
+    # periodic_checkpoint_full=true: epoch_001.pth is the complete last.pth
+    assert (run_dir / "epoch_001.pth").read_bytes() == (run_dir / "last.pth").read_bytes()
+
+
+def _losses_non_finite_in_steps(monkeypatch, bad_steps):
+    """VIPMT.losses returns a NaN main loss in the given 1-based optimizer steps (3 clips per step)."""
     from models.vipmt import VIPMT
 
-    common = ["--data-root", data, "--device", "cpu", "--backbone-weights", "none",
-              "--output-dir", tmp_path, "--run-name", "nan"] + TINY + ["checkpoint_every_iters=1"]
     original = VIPMT.losses
     calls = {"n": 0}
 
-    def losses_nan_in_step_2(self, *args, **kwargs):
+    def patched(self, *args, **kwargs):
         terms = original(self, *args, **kwargs)
         calls["n"] += 1
-        if calls["n"] > 3:                                   # 3 clips per step: step 2 goes bad
+        if (calls["n"] - 1) // 3 + 1 in bad_steps:
             terms["main_loss"] = terms["main_loss"] * float("nan")
         return terms
 
-    monkeypatch.setattr(VIPMT, "losses", losses_nan_in_step_2)
+    monkeypatch.setattr(VIPMT, "losses", patched)
+
+
+def test_amp_skips_and_counts_non_finite_steps_and_stops_after_too_many_in_a_row(data, tmp_path, monkeypatch,
+                                                                                   capsys, small_loss_scale):
+    # 3 training classes x 2 episodes: 6 iterations; steps 2, 4 and 5 go bad, the limit is 2 in a row
+    _losses_non_finite_in_steps(monkeypatch, {2, 4, 5})
+    argv = ["--data-root", data, "--device", "cpu", "--backbone-weights", "none", "--output-dir", tmp_path,
+            "--run-name", "amp_nan"] + tiny("episodes_per_class=2", "checkpoint_every_iters=1", "amp_on_cpu=true",
+                                            "amp_max_consecutive_skips=2")
+    assert run(train, argv) == 1
+    err = capsys.readouterr().err
+    assert "error: 2 optimizer steps in a row had inf/nan gradients under AMP" in err and "iteration 5" in err
+    log = (tmp_path / "amp_nan/train.log").read_text()
+    for iteration in (2, 4, 5):
+        assert f"AMP: inf/nan gradients at epoch 1, iteration {iteration} (loss nan)" in log
+    kept = _load(tmp_path / "amp_nan/last.pth")                # saved after step 4, the last one before the stop
+    assert (kept["global_step"], kept["amp_skipped_steps"], kept["amp_consecutive_skips"]) == (4, 2, 1)
+    # the skipped steps left the optimizer alone: Adam stepped twice (steps 1 and 3)
+    assert {float(state["step"]) for state in kept["optimizer"]["state"].values()} == {2.0}
+    assert kept["scaler"]["scale"] == SMALL_SCALE * 0.5 ** 2    # halved at each skip
+    assert all(math.isfinite(v) for v in kept["epoch_running"].values())   # nan losses stay out of the means
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path, monkeypatch, capsys):
+    # float32 (no AMP): the first non-finite loss stops the run before it reaches the weights
+    _losses_non_finite_in_steps(monkeypatch, {2, 3})
+    common = ["--data-root", data, "--device", "cpu", "--backbone-weights", "none",
+              "--output-dir", tmp_path, "--run-name", "nan"] + tiny("checkpoint_every_iters=1")
     assert run(train, common) == 1
     err = capsys.readouterr().err
     assert "error: non-finite loss" in err and "iteration 2" in err and "last.pth" in err

@@ -18,6 +18,7 @@ import torch.distributed as dist
 __all__ = [
     "DistInfo",
     "env_world_size",
+    "env_rank",
     "init_distributed",
     "is_distributed",
     "get_rank",
@@ -53,6 +54,11 @@ class DistInfo:
 def env_world_size() -> int:
     """WORLD_SIZE set by torchrun (1 when absent)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def env_rank() -> int:
+    """RANK set by torchrun (0 when absent): known before the process group starts."""
+    return int(os.environ.get("RANK", "0"))
 
 
 def init_distributed(device_type: str = "cpu") -> DistInfo:

@@ -2,7 +2,8 @@
 
     from vipmt import Predictor      # segment any video from a few annotated images
 
-    vipmt.cli         command-line plumbing: the common flags, config resolution, user errors
+    vipmt.cli         command-line plumbing: the scripts' parser (every config key an option,
+                      from config.cli), config resolution, user errors
     vipmt.build       datasets, model and run directory from a resolved config
     vipmt.loading     load_trained_model: our checkpoints and the authors' files, one loader
     vipmt.training    the training loop (Trainer + TrainerState + hooks) and a whole run

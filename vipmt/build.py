@@ -10,8 +10,8 @@ import torch
 from config import dataset_root
 from utils.runtime import UserError
 
-__all__ = ["LAST_CHECKPOINT", "BEST_CHECKPOINT", "CONFIG_FILE", "LOG_FILE", "TENSORBOARD_DIR",
-           "BACKBONE_WEIGHTS_HELP", "SYNTHETIC_COMMANDS", "run_directory", "dataset_missing_message",
+__all__ = ["LAST_CHECKPOINT", "BEST_CHECKPOINT", "CONFIG_FILE", "LOG_FILE", "TENSORBOARD_DIR", "METRICS_FILE",
+           "SYNTHETIC_COMMANDS", "run_directory", "dataset_missing_message",
            "build_split", "backbone_weights_path", "build_model", "collate_episodes"]
 
 logger = logging.getLogger(__name__)
@@ -22,12 +22,8 @@ BEST_CHECKPOINT = "best.pth"
 CONFIG_FILE = "config.yaml"
 LOG_FILE = "train.log"
 TENSORBOARD_DIR = "tb"
+METRICS_FILE = "metrics.jsonl"     # one JSON line per finished epoch: mean losses, validation IoU per class
 
-BACKBONE_WEIGHTS_HELP = (
-    "Download the deep-stem ResNet-50 ImageNet weights 'resnet50_v2.pth' (the PSPNet/PFENet "
-    "'resnet50_v2' file the authors use, see pretrain_model/README.md) to {path}, point "
-    "backbone_weights=PATH / --backbone-weights PATH at it, or pass --backbone-weights none "
-    "to start from a random backbone (much worse results).")
 # dataset -> (what its root holds, the command that writes a synthetic one, the flags to use it)
 SYNTHETIC_COMMANDS = {
     "youtube_vis": ("train/train.json and train/JPEGImages/<video>/<frame>.jpg",
@@ -82,7 +78,9 @@ def backbone_weights_path(cfg, *, required: bool, warn: bool = True) -> Optional
     if not required:
         return None
     if not os.path.isfile(value):
-        raise UserError(f"backbone weights not found: {value!r}. " + BACKBONE_WEIGHTS_HELP.format(path=value))
+        from models.backbone import WEIGHTS_HELP  # noqa: WPS433 - heavy import kept out of --help
+
+        raise UserError(f"backbone weights not found: {value!r}. {WEIGHTS_HELP}")
     return value
 
 
