@@ -10,11 +10,16 @@ the authors' steps:
 * PFE mask: full cosine maps of the pooled query background / object features against
   every support position and against each other;
 * prototype cross attention: key and value projections applied to every token;
-* update_q: the frame embedding broadcast over positions and concatenated before the 1x1 conv;
+* update_q, the query merge and the support merge: the constant parts (frame embedding, global
+  prototype, frame prototypes) broadcast over positions and concatenated before the 1x1 conv;
+* layer2+3 reduction and the score head's first fuse conv: one convolution of the full
+  concatenation (1536 and 3840 channels; in training the backward then also computes the
+  gradient of the backbone channels, which nothing reads);
 * backbone: torchvision's modules one after the other (a separate frozen-norm pass after each
   conv, default memory format) instead of folded norms in channels-last format.
 
-With it, `segment_video_recompute` (benchmarks/recompute.py) runs the authors' protocol with the authors' arithmetic.
+With it, `segment_video_recompute` (benchmarks/recompute.py) runs the authors' protocol with the authors'
+arithmetic, and `models.episode.train_episode` the authors' training step (benchmarks/train_step_speed.py).
 """
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
 
-from models import backbone, prototypes, transformer, vipmt
+from models import backbone, heads, prototypes, transformer, vipmt
 from models.prototypes import COSINE_EPS, ChannelPool
 
 _pool = ChannelPool()
@@ -116,11 +121,37 @@ def _concatenated_conv1x1(block, parts):
                             for part in parts], dim=1))
 
 
+def _concatenated_reduce(self, features, block):
+    """VIPMT.reduce_features as the reference computes it: cat(layer2, layer3), one 1x1 conv."""
+    x = torch.cat([rearrange(features[k], "b t c h w -> (b t) c h w") for k in ("1", "2")], dim=1)
+    return rearrange(block(x), "(b t) c h w -> b t c h w", b=features["1"].shape[0])
+
+
+def _concatenated_merge_support(self, support, frame_prototypes):
+    """VIPMT.merge_support as the reference computes it: prototypes broadcast and concatenated."""
+    batch, _, _, h, w = support.shape
+    x = torch.cat((support, frame_prototypes.expand(-1, -1, -1, h, w)), dim=2)
+    return rearrange(self.supp_merge_feat(rearrange(x, "b s c h w -> (b s) c h w")), "(b s) c h w -> b s c h w",
+                     b=batch)
+
+
+def _concatenated_score_head(self, levels, pfe):
+    """ScoreHead.forward as the reference computes it: one fuse conv over all 3840 channels."""
+    x = F.relu(self.donw_samp(levels["0"]))
+    x = torch.cat((x, levels["1"], levels["2"], levels["3"]), dim=1)
+    x = torch.cat((F.relu(self.fuse_conv2(F.relu(self.fuse_conv1(x)))), pfe), dim=1)
+    for conv in (self.conv1, self.conv2, self.conv3, self.conv4):
+        x = F.relu(conv(x))
+    x = F.relu(self.fc1(rearrange(x, "n c h w -> n (c h w)")))
+    return self.fc2(x).sigmoid().squeeze(1)
+
+
 @contextlib.contextmanager
 def authors_computation():
     """Run VIPMT with the authors' arithmetic (see the module docstring) inside the block."""
     saved = (vipmt.VIPMT.predict_clip, transformer.PrototypeCrossAttention.forward,
-             transformer.conv1x1_with_constants, backbone.Backbone.forward)
+             transformer.conv1x1_with_constants, backbone.Backbone.forward, vipmt.VIPMT.reduce_features,
+             vipmt.VIPMT.merge_support, heads.ScoreHead.forward)
 
     def predict_clip(model, query_features, support, support_mask=None, query_mask=None):
         assert isinstance(support, dict), "the authors' loop encodes supports from backbone features"
@@ -151,8 +182,13 @@ def authors_computation():
     transformer.conv1x1_with_constants = _concatenated_conv1x1
     vipmt.conv1x1_with_constants = _concatenated_conv1x1
     backbone.Backbone.forward = _module_by_module
+    vipmt.VIPMT.reduce_features = _concatenated_reduce
+    vipmt.VIPMT.merge_support = _concatenated_merge_support
+    heads.ScoreHead.forward = _concatenated_score_head
     try:
         yield
     finally:
         (vipmt.VIPMT.predict_clip, transformer.PrototypeCrossAttention.forward,
-         transformer.conv1x1_with_constants, backbone.Backbone.forward) = saved
+         transformer.conv1x1_with_constants, backbone.Backbone.forward, vipmt.VIPMT.reduce_features,
+         vipmt.VIPMT.merge_support, heads.ScoreHead.forward) = saved
+        vipmt.conv1x1_with_constants = saved[2]

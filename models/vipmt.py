@@ -41,6 +41,7 @@ Features = dict  # {'0'..'3': [B,T,C_k,h_k,w_k]} backbone features of a set of f
 class ClipPrediction:
     """Everything one forward pass over a query clip produces (shapes with B, Tq, h, w, H, W)."""
     logits: torch.Tensor            # final class logits [B,Tq,2,h,w]
+    full_logits: torch.Tensor       # the final logits upsampled to the image size [B,Tq,2,H,W]
     init_logits: torch.Tensor       # initial class logits [B,Tq,2,h,w]
     pred: torch.Tensor              # int64 [B,Tq,H,W]
     score: torch.Tensor             # predicted IoU [B,Tq]
@@ -163,10 +164,10 @@ class VIPMT(nn.Module):
 
     def merge_support(self, support: torch.Tensor, frame_prototypes: torch.Tensor) -> torch.Tensor:
         """support [B,Ts,C,h,w], frame_prototypes [B,Ts,C,1,1] -> [B,Ts,C,h,w]."""
-        batch, _, _, h, w = support.shape
-        x = torch.cat((support, frame_prototypes.expand(-1, -1, -1, h, w)), dim=2)
-        x = self.supp_merge_feat(rearrange(x, "b s c h w -> (b s) c h w"))
-        return rearrange(x, "(b s) c h w -> b s c h w", b=batch)
+        batch = support.shape[0]
+        parts = [rearrange(support, "b s c h w -> (b s) c h w"),
+                 rearrange(frame_prototypes, "b s c 1 1 -> (b s) c")]                # constant over positions
+        return rearrange(conv1x1_with_constants(self.supp_merge_feat, parts), "(b s) c h w -> b s c h w", b=batch)
 
     def output_logits(self, refined_query: torch.Tensor, batch: int) -> torch.Tensor:
         """Output head on the transformer's query features [B*Tq,C,h,w] -> logits [B,Tq,2,h,w]."""
@@ -244,20 +245,22 @@ class VIPMT(nn.Module):
                                    query, init_mask, ignore, shots=SHOTS)
 
         logits = self.output_logits(refined.query, batch)
-        pred = self.upsample(self.upsample1, logits).argmax(dim=2)
+        full_logits = self.upsample(self.upsample1, logits)
+        pred = full_logits.argmax(dim=2)
         score = self.score(query_features, query_tokens, logits.argmax(dim=2), similarity)
-        return ClipPrediction(logits=logits, init_logits=init_logits, pred=pred, score=score, query_tokens=query_tokens,
-                              query_logits=refined.query_logits, support_logits=refined.support_logits,
-                              cross_video_logits=refined.cross_video_logits)
+        return ClipPrediction(logits=logits, full_logits=full_logits, init_logits=init_logits, pred=pred, score=score,
+                              query_tokens=query_tokens, query_logits=refined.query_logits,
+                              support_logits=refined.support_logits, cross_video_logits=refined.cross_video_logits)
 
     def losses(self, clip: ClipPrediction, query_mask: torch.Tensor, support_mask: torch.Tensor) -> dict:
         """The four per-clip loss terms (docs/model.md, "Losses"). query_mask [B,Tq,1,H,W], support_mask [B,Ts,1,H,W]."""
         batch = query_mask.shape[0]
         size = clip.logits.shape[-2:]
         target = rearrange(query_mask == 1, "b t 1 h w -> (b t) h w")
-        main = sum(weight * segmentation_loss(self.upsample(upsampler, logits).flatten(0, 1), target, batch)
-                   for weight, upsampler, logits in ((FINAL_WEIGHT, self.upsample1, clip.logits),
-                                                     (INITIAL_WEIGHT, self.upsample2, clip.init_logits)))
+        # The final logits were upsampled for the prediction already (and keep their graph in training).
+        main = sum(weight * segmentation_loss(full_logits.flatten(0, 1), target, batch)
+                   for weight, full_logits in ((FINAL_WEIGHT, clip.full_logits),
+                                               (INITIAL_WEIGHT, self.upsample(self.upsample2, clip.init_logits))))
         query_small = object_mask(query_mask, size)[:, :, 0]
         support_small = object_mask(support_mask, size)[:, :, 0]
         aux = (AUX_QUERY_WEIGHT * mean_bce(clip.query_logits, query_small)

@@ -1,0 +1,404 @@
+"""GPU readiness in one command: golden cases, engine speed, AMP training, kill + resume, DDP.
+
+    bash scripts/gpu_check.sh                                  # CUDA, full sizes, about 5-10 minutes
+    python -m benchmarks.gpu_check --device cpu --quick --out /tmp/gpu_check   # tiny sizes, end to end on CPU
+
+Sections (each reports pass / fail / skipped with its numbers; a failing section never stops the
+others):
+
+1. golden: tests/test_model_golden.py on the device in float32 (TF32 off), per-case outcome and
+   the measured differences (`--quick`: one eval case);
+2. engine: `VideoSegmenter` frames/s in float32 and bfloat16 autocast on a synthetic 30-frame
+   video (5 supports, memory on every clip), and how far the bf16 predictions are from float32's;
+3. amp training: 20 training steps (three 5-frame clips, batch 4, 240x424, random backbone) with
+   float16 autocast and a gradient scaler as train.py runs them: step time, peak memory, finite
+   losses, steps the scaler skipped;
+4. kill + resume: train.py on a tiny synthetic dataset, SIGKILL after its first checkpoint,
+   `--resume --stop-after` two steps further; the run must continue from the checkpoint;
+5. ddp: train.py under torchrun on every GPU (NCCL), two steps; skipped with one GPU.
+
+Writes report.md and report.json to --out (default outputs/gpu_check/) and prints the markdown.
+Exit status 0 when no section failed, 1 otherwise, 2 for a bad command line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+import xml.etree.ElementTree as ElementTree
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.engine_speed import make_paths, synchronize, synthetic_video  # noqa: E402
+from benchmarks.train_step_speed import QUERY_FRAMES, synthetic_episodes  # noqa: E402
+from config import get_config  # noqa: E402
+from synthetic import write_synthetic_youtube_vis  # noqa: E402
+from models import VIPMT  # noqa: E402
+from models.episode import plan_episode, train_episode  # noqa: E402
+from utils.fileio import atomic_write_json, atomic_write_text  # noqa: E402
+from utils.runtime import EXIT_FAILURE, UserError, resolve_device, run_cli  # noqa: E402
+
+DEFAULT_OUT = "outputs/gpu_check"
+PASS, FAIL, SKIPPED = "pass", "fail", "skipped"
+# A sanity bound, not a contract: bf16 autocast moved 0.003 % of the pixels on CPU (README).
+BF16_MAX_PIXELS_DIFFERING = 0.01
+# GradScaler starts at 2**16 and halves on every overflow; a handful of early skips is normal.
+MAX_SKIPPED_STEPS = 10
+SUBPROCESS_TIMEOUT = 420     # seconds, each pytest / train.py / torchrun call
+
+
+@dataclass(frozen=True)
+class Sizes:
+    golden_cases: str | None      # pytest -k expression, None = every case
+    engine_frames: int
+    engine_size: tuple
+    amp_steps: int
+    amp_batch: int
+    amp_size: tuple
+    train_size: tuple             # kill + resume and DDP runs of train.py, on a synthetic dataset
+    dataset_frames: int
+    dataset_classes: int          # fold 1 trains on the classes not == 1 (mod 4)
+    train_overrides: tuple
+
+
+FULL = Sizes(golden_cases=None, engine_frames=30, engine_size=(240, 424), amp_steps=20, amp_batch=4,
+             amp_size=(240, 424), train_size=(120, 216), dataset_frames=15, dataset_classes=40,
+             train_overrides=("episodes_per_class=2", "val_episodes_per_class=1", "batch_size=2",
+                              "val_batch_size=2", "num_workers=2"))
+QUICK = Sizes(golden_cases="eval_b1_q5_s5", engine_frames=4, engine_size=(64, 112), amp_steps=2, amp_batch=2,
+              amp_size=(64, 64), train_size=(64, 64), dataset_frames=8, dataset_classes=4,
+              train_overrides=("query_frames=3", "clip_length=1", "memory_size=1", "episodes_per_class=1",
+                               "val_episodes_per_class=1", "batch_size=1", "val_batch_size=1", "num_workers=0"))
+
+
+@dataclass
+class Section:
+    name: str
+    status: str = SKIPPED
+    seconds: float = 0.0
+    summary: str = ""                                   # one line of numbers for the table
+    details: dict = field(default_factory=dict)
+    note: str = ""
+
+
+# ================================================================ helpers
+def _python_env(**extra) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.update(extra)
+    return env
+
+
+def _tail(text: str, lines: int = 15) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def _run(cmd: list, cwd: Path = REPO, env: dict | None = None, timeout: int = SUBPROCESS_TIMEOUT):
+    return subprocess.run([str(c) for c in cmd], cwd=str(cwd), env=env or _python_env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _load_checkpoint(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _gib(n_bytes: int) -> float:
+    return round(n_bytes / 2 ** 30, 2)
+
+
+def environment(device: torch.device) -> dict:
+    info = {"python": platform.python_version(), "torch": torch.__version__, "device": str(device),
+            "cpu_threads": torch.get_num_threads(), "host": platform.node()}
+    if torch.cuda.is_available():
+        info.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
+                    gpus=[torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+                    tf32_convolutions=torch.backends.cudnn.allow_tf32,
+                    tf32_matmul=torch.backends.cuda.matmul.allow_tf32)
+    else:
+        info["gpus"] = []
+    return info
+
+
+# ================================================================ sections
+def check_golden(device: torch.device, sizes: Sizes, out: Path) -> Section:
+    """tests/test_model_golden.py on the device; per-case outcome and measured differences."""
+    section = Section("golden cases (float32)")
+    report = out / "golden_junit.xml"
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "junit_family=xunit1",
+           f"--junitxml={report}", "tests/test_model_golden.py"]
+    if sizes.golden_cases:
+        cmd += ["-k", sizes.golden_cases]
+    proc = _run(cmd, env=_python_env(VIPMT_TEST_DEVICE=str(device)))
+    if not report.exists():
+        section.status, section.note = FAIL, "pytest wrote no report:\n" + _tail(proc.stdout + proc.stderr)
+        return section
+    cases = {}
+    for case in ElementTree.parse(report).iter("testcase"):
+        outcome = "passed"
+        for tag in ("failure", "error", "skipped"):
+            element = case.find(tag)
+            if element is not None:
+                outcome = {"failure": "failed", "error": "error", "skipped": "skipped"}[tag]
+                message = (element.get("message") or "").splitlines()
+                cases.setdefault(case.get("name"), {})["message"] = message[0] if message else ""
+        measured = {p.get("name"): float(p.get("value")) for p in case.iter("property")}
+        cases.setdefault(case.get("name"), {}).update(outcome=outcome, **measured)
+    outcomes = [c["outcome"] for c in cases.values()]
+    section.details = {"cases": cases}
+    if not cases:
+        section.status, section.note = FAIL, "no test ran:\n" + _tail(proc.stdout + proc.stderr)
+    elif all(o == "skipped" for o in outcomes):
+        section.status, section.note = SKIPPED, next(iter(cases.values())).get("message", "")
+    else:
+        section.status = PASS if all(o in ("passed", "skipped") for o in outcomes) else FAIL
+    worst = {}
+    for c in cases.values():
+        for name, value in c.items():
+            if isinstance(value, float) and name != "minority_iou":
+                worst[name] = max(worst.get(name, 0.0), value)
+    section.details["worst"] = worst
+    section.summary = (f"{outcomes.count('passed')}/{len(outcomes)} cases passed; worst logits diff "
+                       f"{max(worst.get('init_logits_max_abs_diff', 0), worst.get('logits_max_abs_diff', 0)):.1e}")
+    return section
+
+
+def check_engine(device: torch.device, sizes: Sizes, out: Path) -> Section:
+    """VideoSegmenter frames/s in float32 and bf16 autocast, and their prediction agreement."""
+    section = Section("engine speed (fp32, bf16)")
+    torch.manual_seed(0)
+    model = VIPMT(backbone_weights=None, image_size=sizes.engine_size).to(device).eval()
+    frames, support_img, support_mask = (t.to(device) for t in synthetic_video(sizes.engine_frames, 5,
+                                                                                 size=sizes.engine_size))
+    names = ("engine fp32", "engine bf16 autocast")
+    warm_up = make_paths(model, frames[:2], support_img, support_mask, bf16=True)
+    for name in names:
+        warm_up[name]()
+    paths = make_paths(model, frames, support_img, support_mask, bf16=True)
+    results = {}
+    for name in names:
+        synchronize(device)
+        started = time.perf_counter()
+        prediction = paths[name]()
+        synchronize(device)
+        seconds = time.perf_counter() - started
+        results[name] = (prediction, seconds)
+    fp32, bf16 = (results[n][0] for n in names)
+    differing = (bf16.pred != fp32.pred).float().mean().item()
+    section.details = {
+        "frames": sizes.engine_frames, "image_size": list(sizes.engine_size),
+        "fp32_frames_per_s": round(sizes.engine_frames / results[names[0]][1], 2),
+        "bf16_frames_per_s": round(sizes.engine_frames / results[names[1]][1], 2),
+        "bf16_pixels_differing": differing,
+        "bf16_max_score_diff": (bf16.score - fp32.score).abs().max().item(),
+        "tf32_convolutions": torch.backends.cudnn.allow_tf32 if device.type == "cuda" else None}
+    section.status = PASS if differing <= BF16_MAX_PIXELS_DIFFERING else FAIL
+    d = section.details
+    section.summary = (f"fp32 {d['fp32_frames_per_s']} frames/s, bf16 {d['bf16_frames_per_s']} frames/s, "
+                       f"{differing:.4%} pixels differ")
+    return section
+
+
+def check_amp_training(device: torch.device, sizes: Sizes, out: Path) -> Section:
+    """Training steps with float16 autocast and a gradient scaler (float32 off CUDA)."""
+    section = Section("fp16 AMP training steps")
+    amp = device.type == "cuda"
+    cfg = get_config()
+    torch.manual_seed(0)
+    model = VIPMT(backbone_weights=None, image_size=sizes.amp_size).to(device).train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    episodes = [t.to(device) for t in synthetic_episodes(sizes.amp_batch, sizes.amp_size)]
+    memory_draws = torch.Generator().manual_seed(0)
+    if amp:
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def backward(loss):
+        with torch.autocast(device_type=device.type, enabled=False):          # as train.py
+            scaler.scale(loss).backward()
+
+    seconds, losses, skipped = [], [], 0
+    for _ in range(sizes.amp_steps):
+        plans = plan_episode(QUERY_FRAMES, cfg.clip_length, cfg.memory_size, memory_draws)
+        optimizer.zero_grad(set_to_none=True)
+        scale = scaler.get_scale() if amp else 1.0
+        synchronize(device)
+        started = time.perf_counter()
+        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
+            results = train_episode(model, *episodes, plans, backward=backward)
+        scaler.step(optimizer)
+        scaler.update()
+        synchronize(device)
+        seconds.append(time.perf_counter() - started)
+        losses.append(sum(r["loss"].float() for r in results).item())
+        skipped += int(amp and scaler.get_scale() < scale)
+    timed = seconds[2:] or seconds                           # the first steps pay for warm-up
+    finite = all(math.isfinite(v) for v in losses)
+    section.details = {
+        "amp": "float16 autocast + GradScaler" if amp else "off (needs CUDA): float32",
+        "steps": sizes.amp_steps, "batch": sizes.amp_batch, "image_size": list(sizes.amp_size),
+        "step_seconds_median": round(statistics.median(timed), 3), "step_seconds_first": round(seconds[0], 3),
+        "peak_memory_gib": _gib(torch.cuda.max_memory_allocated(device)) if amp else None,
+        "losses": [round(v, 4) for v in losses], "losses_finite": finite, "skipped_steps": skipped,
+        "final_scale": scaler.get_scale() if amp else None}
+    section.status = PASS if finite and skipped <= MAX_SKIPPED_STEPS else FAIL
+    d = section.details
+    section.summary = (f"{d['step_seconds_median']} s/step, peak {d['peak_memory_gib']} GiB, losses finite: "
+                       f"{finite}, skipped {skipped}/{sizes.amp_steps}")
+    return section
+
+
+def _train_command(device: torch.device, sizes: Sizes, data: Path, runs: Path, run_name: str) -> list:
+    h, w = sizes.train_size
+    return ["train.py", "--data-root", data, "--device", device.type, "--backbone-weights", "none",
+            "--output-dir", runs, "--run-name", run_name, f"image_size={h},{w}", "epochs=2",
+            "checkpoint_every_iters=1", *sizes.train_overrides]
+
+
+def _synthetic_dataset(sizes: Sizes, root: Path) -> Path:
+    """A YouTube-VIS 2019 tree (reused when it was written with the same parameters)."""
+    write_synthetic_youtube_vis(str(root), videos_per_class=3, frames_per_video=sizes.dataset_frames,
+                                frame_size=sizes.train_size, num_categories=sizes.dataset_classes, overwrite=True)
+    return root
+
+
+def check_kill_resume(device: torch.device, sizes: Sizes, out: Path) -> Section:
+    """SIGKILL train.py after its first checkpoint; --resume must continue from it."""
+    section = Section("kill + resume (train.py)")
+    work = out / "kill_resume"
+    data = _synthetic_dataset(sizes, work / "data")
+    runs = work / f"runs_{int(time.time())}"
+    cmd = [sys.executable] + _train_command(device, sizes, data, runs, "run")
+    checkpoint = runs / "run" / "last.pth"
+    runs.mkdir(parents=True)
+    with open(runs / "killed_run.stderr", "w+") as stderr:       # a file, not a pipe nobody drains
+        proc = subprocess.Popen([str(c) for c in cmd], cwd=str(REPO), env=_python_env(),
+                                stdout=subprocess.DEVNULL, stderr=stderr)
+        deadline = time.time() + SUBPROCESS_TIMEOUT
+        try:
+            while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+                time.sleep(0.05)
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        stderr.seek(0)
+        if not checkpoint.exists():
+            section.status, section.note = FAIL, "train.py wrote no checkpoint:\n" + _tail(stderr.read())
+            return section
+    killed_at = int(_load_checkpoint(checkpoint)["global_step"])
+    target = killed_at + 2
+    resumed = _run(cmd + ["--resume", "--stop-after", target])
+    log = (runs / "run" / "train.log").read_text()
+    final = int(_load_checkpoint(checkpoint)["global_step"]) if checkpoint.exists() else None
+    section.details = {"killed_with": "SIGKILL", "killed_process_exit": proc.returncode,
+                       "checkpoint_step_at_kill": killed_at, "resume_exit": resumed.returncode,
+                       "checkpoint_step_after_resume": final, "expected_step": target,
+                       "log_says_resumed": "resumed after epoch" in log}
+    ok = resumed.returncode == 0 and final == target and "resumed after epoch" in log
+    section.status = PASS if ok else FAIL
+    if resumed.returncode != 0:
+        section.note = _tail(resumed.stderr)
+    section.summary = f"killed at step {killed_at}, resumed to step {final} (expected {target})"
+    return section
+
+
+def check_ddp(device: torch.device, sizes: Sizes, out: Path, quick: bool) -> Section:
+    """train.py under torchrun on every GPU (NCCL), or 2 CPU processes (gloo) without --quick."""
+    section = Section("DDP (torchrun)")
+    if device.type == "cuda":
+        processes, backend = torch.cuda.device_count(), "nccl"
+        if processes < 2:
+            section.note = f"{processes} GPU visible: DDP over NCCL needs at least 2"
+            return section
+    elif quick:
+        section.note = "--quick on CPU: skipped (tests/test_scripts_ddp.py runs gloo DDP)"
+        return section
+    else:
+        processes, backend = 2, "gloo"
+    data = _synthetic_dataset(sizes, out / "kill_resume" / "data")
+    runs = out / "ddp" / f"runs_{int(time.time())}"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", processes,
+           *_train_command(device, sizes, data, runs, "ddp"), "--stop-after", 2]
+    proc = _run(cmd, env=_python_env(OMP_NUM_THREADS="1"))
+    checkpoint = runs / "ddp" / "last.pth"
+    state = _load_checkpoint(checkpoint) if checkpoint.exists() else {}
+    section.details = {"processes": processes, "backend": backend, "exit": proc.returncode,
+                       "checkpoint_world_size": state.get("world_size"), "checkpoint_step": state.get("global_step")}
+    ok = proc.returncode == 0 and state.get("world_size") == processes and state.get("global_step") == 2
+    section.status = PASS if ok else FAIL
+    if proc.returncode != 0:
+        section.note = _tail(proc.stderr)
+    section.summary = f"{processes} processes ({backend}), exit {proc.returncode}, step {state.get('global_step')}"
+    return section
+
+
+# ================================================================ report
+def run_section(name: str, function, *args) -> Section:
+    started = time.perf_counter()
+    try:
+        section = function(*args)
+    except Exception as exc:  # a failing section is reported, the others still run
+        section = Section(name, FAIL, note=f"{type(exc).__name__}: {exc}\n{_tail(traceback.format_exc(), 8)}")
+    section.seconds = round(time.perf_counter() - started, 1)
+    print(f"[{section.status}] {section.name} ({section.seconds} s) {section.summary}", file=sys.stderr, flush=True)
+    return section
+
+
+def markdown(env: dict, sections: list, quick: bool) -> str:
+    lines = ["# GPU readiness check", "",
+             f"{'QUICK (tiny sizes) ' if quick else ''}run on {env['device']}: "
+             + ", ".join(f"{k} {v}" for k, v in env.items() if k != "device"), "",
+             "| section | status | seconds | numbers |", "|---|---|---|---|"]
+    lines += [f"| {s.name} | {s.status} | {s.seconds} | {s.summary or (s.note.splitlines() or [''])[0]} |"
+              for s in sections]
+    for s in sections:
+        lines += ["", f"## {s.name}: {s.status}", ""]
+        if s.note:
+            lines += ["```", s.note, "```", ""]
+        lines += ["```json", json.dumps(s.details, indent=2), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu")
+    parser.add_argument("--out", default=DEFAULT_OUT, help=f"report folder (default {DEFAULT_OUT})")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (a CPU run in about a minute)")
+    args = parser.parse_args(argv)
+    device = resolve_device(args.device)
+    out = Path(args.out).resolve()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out {args.out!r}: cannot create the report folder ({exc.strerror})") from None
+    sizes = QUICK if args.quick else FULL
+    env = environment(device)
+    sections = [run_section("golden cases (float32)", check_golden, device, sizes, out),
+                run_section("engine speed (fp32, bf16)", check_engine, device, sizes, out),
+                run_section("fp16 AMP training steps", check_amp_training, device, sizes, out),
+                run_section("kill + resume (train.py)", check_kill_resume, device, sizes, out),
+                run_section("DDP (torchrun)", check_ddp, device, sizes, out, args.quick)]
+    text = markdown(env, sections, args.quick)
+    atomic_write_text(str(out / "report.md"), text)
+    atomic_write_json(str(out / "report.json"), {"environment": env, "quick": args.quick,
+                                                 "sections": [asdict(s) for s in sections]})
+    print(text)
+    return EXIT_FAILURE if any(s.status == FAIL for s in sections) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main, None, (UserError,)))
