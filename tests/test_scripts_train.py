@@ -1,5 +1,6 @@
 """train.py: one training step, kill -9 / Ctrl-C + resume, the run lock, resume with changed values,
 periodic and metrics files, AMP's skipped steps and the NaN guard (tiny synthetic data, CPU)."""
+import contextlib
 import json
 import math
 import os
@@ -86,14 +87,22 @@ def _wait_for(proc, path, stderr_path, timeout=600):
         pytest.fail(f"train.py ended or timed out before writing {path}:\n" + open(stderr_path).read()[-3000:])
 
 
-def _kill_after_first_checkpoint(argv, checkpoint, stderr_path):
-    """Start train.py in a subprocess and SIGKILL it as soon as `checkpoint` exists."""
+@contextlib.contextmanager
+def _training_until(argv, path, stderr_path):
+    """train.py in a subprocess, yielded once `path` exists; killed (if still running) on leaving."""
     proc = _start_train(argv, stderr_path)
     try:
-        _wait_for(proc, checkpoint, stderr_path)
+        _wait_for(proc, path, stderr_path)
+        yield proc
     finally:
         proc.kill()
         proc.wait()
+
+
+def _kill_after_first_checkpoint(argv, checkpoint, stderr_path):
+    """Start train.py in a subprocess and SIGKILL it as soon as `checkpoint` exists."""
+    with _training_until(argv, checkpoint, stderr_path):
+        pass
 
 
 def _assert_same_run(a, b):
@@ -175,18 +184,13 @@ def test_ctrl_c_saves_last_pth_exits_130_and_resume_continues_exactly(straight, 
     argv = common + ["--run-name", "ctrl_c"]
     run_dir = straight_dir.parent / "ctrl_c"
     stderr_path = tmp_path / "stderr.txt"
-    proc = _start_train(argv, stderr_path)
-    try:
-        _wait_for(proc, run_dir / "last.pth", stderr_path)
+    with _training_until(argv, run_dir / "last.pth", stderr_path) as proc:
         # while it runs, a second train.py on the same run directory is refused, naming the first
         assert run(train, argv + ["--resume"]) == 2
         err = capsys.readouterr().err
         assert "is in use by another process" in err and f"pid {proc.pid} on host {socket.gethostname()}" in err
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=600) == 130
-    finally:
-        proc.kill()
-        proc.wait()
     err = stderr_path.read_text()
     assert "Traceback" not in err and "SIGINT: stopping after the current step" in err
     stopped = _load(run_dir / "last.pth")
@@ -204,16 +208,12 @@ def test_second_ctrl_c_exits_at_once_without_saving(straight, tmp_path):
     run_dir = straight_dir.parent / "twice"
     stderr_path = tmp_path / "stderr.txt"
     # last.pth only at epoch ends: the first exists after epoch 1; the signals come inside epoch 2
-    proc = _start_train(with_overrides(common, "checkpoint_every_iters=0") + ["--run-name", "twice"], stderr_path)
-    try:
-        _wait_for(proc, run_dir / "last.pth", stderr_path)
+    argv = with_overrides(common, "checkpoint_every_iters=0") + ["--run-name", "twice"]
+    with _training_until(argv, run_dir / "last.pth", stderr_path) as proc:
         proc.send_signal(signal.SIGINT)
         time.sleep(0.2)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=600) == 130
-    finally:
-        proc.kill()
-        proc.wait()
     err = stderr_path.read_text()
     assert "SIGINT again: exiting at once without saving" in err and "Traceback" not in err
     kept = _load(run_dir / "last.pth")

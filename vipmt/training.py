@@ -501,13 +501,16 @@ class Trainer:
         """Float32: stop every rank together when a loss is NaN/inf (before it reaches the weights)."""
         bad = du.all_reduce_sum(0.0 if bool(torch.isfinite(clip_loss.detach()).all()) else 1.0)
         if bad:
-            last = os.path.join(self.run_dir, LAST_CHECKPOINT)
-            keep = (f"the last good checkpoint {last!r} is kept (continue with --resume)"
-                    if os.path.exists(last) else "no checkpoint had been written yet")
             raise TrainingError(f"non-finite loss ({float(clip_loss.detach()):.4g}) in clip {clip} at epoch "
                                 f"{self.state.epoch + 1}, iteration {self.state.iteration + 1}; training stopped "
-                                f"before the weights were updated; {keep}. Try a lower learning rate "
-                                f"(--resume --lr ...).")
+                                f"before the weights were updated; {self._what_is_kept()}. Try a lower learning "
+                                f"rate (--resume --lr ...).")
+
+    def _what_is_kept(self) -> str:
+        """For the error that stops a run: the checkpoint a resume would continue from, if any."""
+        last = os.path.join(self.run_dir, LAST_CHECKPOINT)
+        return (f"the last good checkpoint {last!r} is kept (continue with --resume)" if os.path.exists(last)
+                else "no checkpoint had been written yet")
 
     def train_step(self, batch: Dict[str, Any]) -> Dict[str, float]:
         """One optimizer step on a batch of episodes; returns the losses averaged over ranks."""
@@ -595,13 +598,11 @@ class Trainer:
                        state.iteration, losses["loss"], self.scaler.get_scale(), state.amp_consecutive_skips,
                        state.amp_skipped_steps)
         if state.amp_consecutive_skips >= limit:
-            last = os.path.join(self.run_dir, LAST_CHECKPOINT)
-            keep = (f"the last checkpoint {last!r} is kept (continue with --resume)"
-                    if os.path.exists(last) else "no checkpoint had been written yet")
             raise TrainingError(f"{limit} optimizer steps in a row had inf/nan gradients under AMP (the last at "
                                 f"epoch {state.epoch + 1}, iteration {state.iteration}; loss scale now "
-                                f"{self.scaler.get_scale():g}); training stopped; {keep}. Try a lower learning "
-                                f"rate (--resume --lr ...), amp=false, or a higher amp_max_consecutive_skips.")
+                                f"{self.scaler.get_scale():g}); training stopped; {self._what_is_kept()}. Try a "
+                                f"lower learning rate (--resume --lr ...), amp=false, or a higher "
+                                f"amp_max_consecutive_skips.")
 
     # -------------------------------------------------------------- interrupts
     def _on_stop_signal(self, signum: int, frame: Any) -> None:
