@@ -64,6 +64,8 @@ KEY_HELP = {
     "vc_window": "window length of the VC_n metric",
     "test_runs": "repeat the test with seeds seed..seed+N-1",
     "test_bf16": "bfloat16 autocast in test.py",
+    "test_compile": "torch.compile (inductor) the backbone and the heads in test.py; the first clips of "
+                    "each shape compile (minutes on CPU), the time is logged",
     "backbone_weights": "resnet50_v2.pth path, or 'none' for a random backbone",
     "seed": "random seed",
     "device": "auto | cpu | cuda | cuda:N (auto: cuda if available)",

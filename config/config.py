@@ -112,6 +112,7 @@ DEFAULTS = EasyDict(
         "vc_window": 7,                            # VC_n window length
         "test_runs": 1,                            # repeat the test with seeds seed..seed+N-1
         "test_bf16": False,                        # bfloat16 autocast in test.py (CUDA, or CPUs with AVX512-BF16)
+        "test_compile": False,                     # torch.compile (inductor) the backbone and heads in test.py (opt-in: compiling takes minutes)
         # ---- model -------------------------------------------------------------------
         "backbone_weights": "pretrain_model/resnet50_v2.pth",   # 'none' = random backbone (R)
         # ---- run ---------------------------------------------------------------------

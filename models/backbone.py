@@ -18,7 +18,6 @@ from collections import OrderedDict
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torchvision.models.resnet import Bottleneck
 from torchvision.ops import FrozenBatchNorm2d
 
@@ -88,11 +87,23 @@ def deep_stem_resnet50() -> nn.Sequential:
     return nn.Sequential(modules)
 
 
+def fold_frozen_norm(conv: nn.Conv2d, norm: FrozenBatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight and bias of `norm(conv(x))` as one convolution.
+
+    torch.nn.utils.fusion.fuse_conv_bn_weights' arithmetic, operation for operation (the same
+    bits), without wrapping the results in new nn.Parameters: creating a Parameter breaks
+    torch.compile's graph at every convolution (test_compile)."""
+    mean = norm.running_mean
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(mean)
+    var_rsqrt = torch.rsqrt(norm.running_var + norm.eps)
+    weight = conv.weight * (norm.weight * var_rsqrt).reshape(-1, 1, 1, 1)
+    return weight, (bias - mean) * var_rsqrt * norm.weight + norm.bias
+
+
 def conv_frozen_norm(x: torch.Tensor, conv: nn.Conv2d, norm: FrozenBatchNorm2d) -> torch.Tensor:
     """`norm(conv(x))` as one convolution: the norm's per-channel scale and shift folded into
     the conv's weight and bias."""
-    weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, norm.running_mean, norm.running_var,
-                                        norm.eps, norm.weight, norm.bias)
+    weight, bias = fold_frozen_norm(conv, norm)
     return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 

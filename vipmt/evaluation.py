@@ -32,7 +32,8 @@ from .build import BEST_CHECKPOINT, backbone_weights_path, build_model, build_sp
 from .cli import resolve_config
 from .loading import LoadedModel, load_trained_model
 
-__all__ = ["METRICS", "RESULTS_FOLDER", "metric_names", "results_path", "check_output_locations", "make_segmenter", "AllBackground", "model_under_test",
+__all__ = ["METRICS", "RESULTS_FOLDER", "metric_names", "results_path", "check_output_locations", "make_segmenter",
+           "COMPILED_MODULES", "check_compiler", "compile_model", "compile_seconds", "AllBackground", "model_under_test",
            "evaluate_split", "aggregate", "format_table", "run_test"]
 
 logger = logging.getLogger(__name__)
@@ -45,10 +46,54 @@ def metric_names(cfg) -> List[str]:
     return list(METRICS) + [f"VC_{cfg.vc_window}"]
 
 
+# The modules test_compile compiles: the backbone and the two heaviest heads. The small
+# nn.Sequential heads are left out: they share one forward code object, so dynamo would recompile
+# it for each of them and soon hit its recompile limit. The named steps around them
+# (prototypes, similarity, memory) stay eager: their shapes change with the memory size and
+# the object's area.
+COMPILED_MODULES = ("backbone", "transformer", "score_head")
+
+
+def check_compiler() -> None:
+    """UserError unless torch.compile (inductor) can build a kernel here (it compiles lazily, on the
+    first video, so without this check a missing C++ compiler would only surface mid-test)."""
+    try:
+        torch.compile(lambda x: x.relu() + 1, backend="inductor")(torch.ones(2))
+    except Exception as exc:  # noqa: BLE001 - any failure becomes one clear message
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"test_compile=true, but torch.compile (inductor) does not work here: "
+                        f"{type(exc).__name__}: {first_line}. Set test_compile=false") from None
+
+
+def compile_model(model) -> None:
+    """Compile the forward of each of :data:`COMPILED_MODULES` in place with inductor.
+
+    Only ``forward`` is replaced (not ``__call__``), so parameter names, state dicts and
+    forward hooks stay as they are and hooks run eagerly.
+    """
+    for name in COMPILED_MODULES:
+        module = getattr(model, name)
+        module.forward = torch.compile(module.forward, backend="inductor")
+
+
+def compile_seconds() -> float:
+    """Seconds torch.compile has spent compiling in this process (dynamo's own record; 0 if none)."""
+    from torch._dynamo import utils as dynamo_utils  # noqa: WPS433 - private, hence the fallback
+
+    return float(sum(getattr(dynamo_utils, "compilation_time_metrics", {}).get("_compile.compile_inner", [])))
+
+
 def make_segmenter(model, cfg):
-    """The video engine with the configured clip length, reliable memory and precision."""
+    """The video engine with the configured clip length, reliable memory and precision.
+
+    ``test_compile`` compiles the model's backbone and heads in place (:func:`compile_model`).
+    """
     from models import VideoSegmenter  # noqa: WPS433
 
+    if cfg.test_compile:
+        check_compiler()
+        compile_model(model)
+        logger.info("torch.compile (inductor): backbone and heads compile on their first clips of each shape")
     return VideoSegmenter(model, clip_length=cfg.clip_length, memory_threshold=cfg.memory_threshold,
                           memory_size=cfg.memory_size, autocast_dtype=torch.bfloat16 if cfg.test_bf16 else None)
 
@@ -237,6 +282,8 @@ def run_test(values: Mapping[str, Any], *, checkpoint: Optional[str] = None, out
         m = runs[-1]["mean"]
         logger.info("run %d/%d (seed %d): %s", r + 1, cfg.test_runs, cfg.seed + r,
                     ", ".join(f"{k} {m[k]:.4f}" if m[k] is not None else f"{k} n/a" for k in metric_keys))
+    if cfg.test_compile:
+        logger.info("torch.compile spent %.1f s compiling (included in the test's time)", compile_seconds())
     agg = aggregate(runs, metric_keys)
     names = runs[0]["class_names"]
     table = format_table(agg, names, metric_keys)
