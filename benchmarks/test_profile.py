@@ -21,13 +21,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import json
 import os
 import sys
 import tempfile
 import time
-from collections import Counter, defaultdict
 from pathlib import Path
 from unittest import mock
 
@@ -36,6 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import models.vipmt as vipmt_model  # noqa: E402
+from benchmarks.stage_clock import StageClock  # noqa: E402
 from synthetic import write_synthetic_youtube_vis  # noqa: E402
 from utils.runtime import reuse_freed_memory  # noqa: E402
 from vipmt import evaluation  # noqa: E402
@@ -59,50 +58,6 @@ MODEL_STEPS = {
 }
 # Functions models.vipmt calls by name (patched there).
 MODEL_FUNCTIONS = {"support_similarity": "similarity (prior, PFE)", "prior_map": "prior map"}
-
-
-class StageClock:
-    """Exclusive wall-clock time per named stage: entering a stage pauses the one it is nested in."""
-
-    def __init__(self):
-        self.seconds = defaultdict(float)
-        self.calls = Counter()
-        self._stack: list[str] = []
-        self._mark = 0.0
-
-    def enter(self, name: str) -> None:
-        now = time.perf_counter()
-        if self._stack:
-            self.seconds[self._stack[-1]] += now - self._mark
-        self._stack.append(name)
-        self._mark = now
-
-    def exit(self) -> None:
-        now = time.perf_counter()
-        name = self._stack.pop()
-        self.seconds[name] += now - self._mark
-        self.calls[name] += 1
-        self._mark = now
-
-    @contextlib.contextmanager
-    def stage(self, name: str):
-        self.enter(name)
-        try:
-            yield
-        finally:
-            self.exit()
-
-    def wrap(self, name: str, fn):
-        @functools.wraps(fn)
-        def timed(*args, **kwargs):
-            with self.stage(name):
-                return fn(*args, **kwargs)
-        return timed
-
-    def hook_module(self, name: str, module: torch.nn.Module) -> None:
-        """Time a module's calls with forward hooks (they run eagerly even when its forward is compiled)."""
-        module.register_forward_pre_hook(lambda *_: self.enter(name))
-        module.register_forward_hook(lambda *_: self.exit())
 
 
 def instrument_dataset(clock: StageClock, dataset):

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import os
 import platform
 import statistics
@@ -42,6 +41,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.authors_loop import authors_computation  # noqa: E402
+from benchmarks.stage_clock import StageClock  # noqa: E402
 from models import VIPMT  # noqa: E402
 from models.episode import plan_episode, train_episode  # noqa: E402
 
@@ -86,54 +86,13 @@ def synthetic_episodes(batch: int, size=IMAGE_SIZE, seed: int = 0) -> tuple:
             torch.stack([s[0] for s in support]), torch.stack([s[1] for s in support]))
 
 
-class StageClock:
-    """Exclusive wall-clock seconds per named stage; entering a stage pauses the enclosing one."""
-
-    def __init__(self):
-        self.seconds = defaultdict(float)
-        self._stack, self._mark = [], 0.0
-
-    def _charge(self) -> None:
-        now = time.perf_counter()
-        if self._stack:
-            self.seconds[self._stack[-1]] += now - self._mark
-        self._mark = now
-
-    def enter(self, name: str) -> None:
-        self._charge()
-        self._stack.append(name)
-
-    def exit(self) -> None:
-        self._charge()
-        self._stack.pop()
-
-    @contextlib.contextmanager
-    def stage(self, name: str):
-        self.enter(name)
-        try:
-            yield
-        finally:
-            self.exit()
-
-    def wrap(self, name: str, function):
-        @functools.wraps(function)
-        def timed(*args, **kwargs):
-            with self.stage(name):
-                return function(*args, **kwargs)
-        return timed
-
-    def attach(self, model: VIPMT) -> None:
-        """Time the model's named steps (instance attributes shadow the methods, which also
-        catches the calls that the authors' predict_clip makes through `self`)."""
-        for method, stage in METHOD_STAGES.items():
-            setattr(model, method, self.wrap(stage, getattr(model, method)))
-        for attribute, stage in MODULE_STAGES.items():
-            module = getattr(model, attribute)
-            module.register_forward_pre_hook(lambda *_, stage=stage: self.enter(stage))
-            module.register_forward_hook(lambda *_: self.exit())
-
-    def reset(self) -> None:
-        self.seconds = defaultdict(float)
+def attach_clock(clock: StageClock, model: VIPMT) -> None:
+    """Time the model's named steps (instance attributes shadow the methods, which also catches
+    the calls that the authors' predict_clip makes through `self`)."""
+    for method, stage in METHOD_STAGES.items():
+        setattr(model, method, clock.wrap(stage, getattr(model, method)))
+    for attribute, stage in MODULE_STAGES.items():
+        clock.hook_module(stage, getattr(model, attribute))
 
 
 class TrainStep:
@@ -147,7 +106,7 @@ class TrainStep:
         self.trainable = [p for p in model.parameters() if p.requires_grad]   # what train.py optimises
         self.optimizer = torch.optim.Adam(self.trainable, **ADAM)
         self.clock = StageClock()
-        self.clock.attach(model)
+        attach_clock(self.clock, model)
         self.run()                                           # warm-up; creates Adam's state
         # The starting point waits on disk: two more copies of the weights and Adam's state in
         # memory would crowd a 2-core development machine.
