@@ -5,7 +5,7 @@
 
 1. writes a small synthetic YouTube-VIS 2019 dataset (``synthetic``: 16 categories;
    fold 1 trains on 12 of them and holds out 4),
-2. trains VIPMT briefly (``vipmt.training``, what train.py runs) on CPU from a random backbone
+2. trains VIPMT briefly (``vipmt.run``, what train.py runs) on CPU from a random backbone
    (no weight download): 64x64 frames, batches of 4 episodes of 3 one-frame clips (the
    three-clip protocol with feature reuse and a random memory frame), 120 steps,
 3. tests the trained model (``last.pth``), the untrained model and the all-background baseline
@@ -29,7 +29,7 @@ from utils.fileio import atomic_write_json
 from utils.log import setup_logging
 from vipmt.cli import resolve_config, run, script_parser
 from vipmt.evaluation import AllBackground, evaluate_split, run_test
-from vipmt.training import run_training
+from vipmt.run import run_training
 
 DATA = dict(seed=0, videos_per_class=5, frames_per_video=7, frame_size=(64, 112), num_categories=16)
 SMALL = {"image_size": [64, 64], "num_workers": 0}

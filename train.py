@@ -32,7 +32,7 @@ import sys
 from typing import Sequence
 
 from vipmt.cli import add_config_arguments, explicit_values, run, script_parser
-from vipmt.training import run_training
+from vipmt.run import run_training
 
 
 def build_parser():

@@ -43,11 +43,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.engine_speed import make_paths, synchronize, synthetic_video  # noqa: E402
-from benchmarks.train_step_speed import QUERY_FRAMES, synthetic_episodes  # noqa: E402
-from config import get_config  # noqa: E402
+from benchmarks.train_step_speed import synthetic_batch, train_step_trainer  # noqa: E402
 from synthetic import write_synthetic_youtube_vis  # noqa: E402
 from models import VIPMT  # noqa: E402
-from models.episode import plan_episode, train_episode  # noqa: E402
 from utils.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 from utils.runtime import EXIT_FAILURE, UserError, resolve_device, run_cli  # noqa: E402
 
@@ -214,36 +212,24 @@ def check_amp_training(device: torch.device, sizes: Sizes, out: Path) -> Section
     """Training steps with float16 autocast and a gradient scaler (float32 off CUDA)."""
     section = Section("fp16 AMP training steps")
     amp = device.type == "cuda"
-    cfg = get_config()
     torch.manual_seed(0)
-    model = VIPMT(backbone_weights=None, image_size=sizes.amp_size).to(device).train()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(trainable, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp)
-    episodes = [t.to(device) for t in synthetic_episodes(sizes.amp_batch, sizes.amp_size)]
-    memory_draws = torch.Generator().manual_seed(0)
+    model = VIPMT(backbone_weights=None, image_size=sizes.amp_size).to(device)
+    trainer = train_step_trainer(model, device, amp=amp)          # train.py's step, without data
+    trainer.state.memory_generator.manual_seed(0)
+    batch = {k: t.to(device) for k, t in synthetic_batch(sizes.amp_batch, sizes.amp_size).items()}
     if amp:
         torch.cuda.reset_peak_memory_stats(device)
 
-    def backward(loss):
-        with torch.autocast(device_type=device.type, enabled=False):          # as train.py
-            scaler.scale(loss).backward()
-
     seconds, losses, skipped = [], [], 0
     for _ in range(sizes.amp_steps):
-        plans = plan_episode(QUERY_FRAMES, cfg.clip_length, cfg.memory_size, memory_draws)
-        optimizer.zero_grad(set_to_none=True)
-        scale = scaler.get_scale() if amp else 1.0
         synchronize(device)
         started = time.perf_counter()
-        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
-            results = train_episode(model, *episodes, plans, backward=backward)
-        scaler.step(optimizer)
-        scaler.update()
+        result = trainer.train_step(batch)
         synchronize(device)
         seconds.append(time.perf_counter() - started)
-        losses.append(sum(r["loss"].float() for r in results).item())
-        skipped += int(amp and scaler.get_scale() < scale)
+        losses.append(result["loss"])
+        skipped += int(result.skipped)
+    scaler = trainer.scaler
     timed = seconds[2:] or seconds                           # the first steps pay for warm-up
     finite = all(math.isfinite(v) for v in losses)
     section.details = {

@@ -13,6 +13,9 @@ runs is reported.
   the score head);
 * ours: `models.episode.train_episode` as train.py runs it.
 
+Both paths run `vipmt.training.Trainer.train_step`, train.py's step (float32, no gradient
+scaler), with the authors' arithmetic patched in for the first.
+
 Every run starts from the same weights, optimizer state (after one warm-up step) and dropout
 seed, so both paths compute the same losses and gradients up to float rounding: the benchmark
 checks the losses (relative 1e-4) and prints the largest difference of the per-tensor gradient
@@ -42,14 +45,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.authors_loop import authors_computation  # noqa: E402
 from benchmarks.stage_clock import StageClock  # noqa: E402
+from config import get_config, update_config  # noqa: E402
 from models import VIPMT  # noqa: E402
-from models.episode import plan_episode, train_episode  # noqa: E402
+from models.episode import train_episode  # noqa: E402
+from vipmt.build import TrainingParts  # noqa: E402
+from vipmt.training import Trainer  # noqa: E402
 
 IMAGE_SIZE = (240, 424)
-QUERY_FRAMES, CLIP_LENGTH, MEMORY_SIZE, SHOTS = 15, 5, 5, 5
-ADAM = dict(lr=5e-4, betas=(0.9, 0.999), weight_decay=5e-4)   # config/config.py
+QUERY_FRAMES, SHOTS = 15, 5  # episodes as config/config.py's query_frames and support_shots
 LOSS_REL_TOL = 1e-4          # the golden cases' loss tolerance
-LOSS_TERMS = ("loss", "main_loss", "aux_loss", "contrast_loss", "score_loss")
 AUTHORS, OURS = "authors' arithmetic", "ours"
 # Forward stages timed by wrapping VIPMT's named steps (exclusive times: nested steps pause
 # their parent); the rest of the forward is everything else inside the model call.
@@ -61,6 +65,22 @@ MODULE_STAGES = {"backbone": "backbone (no grad)", "transformer": "transformer"}
 REST = "rest of the forward (layer2+3 reduction, pooling, prior, masks)"
 STAGE_ORDER = ["backbone (no grad)", "support + memory encoding", REST, "transformer",
                "output and initial heads", "PFE mask + score head", "losses", "backward", "optimizer step"]
+
+
+def synthetic_batch(batch: int, size=IMAGE_SIZE, seed: int = 0) -> dict:
+    """:func:`synthetic_episodes` as a training batch (the keys `Trainer.train_step` reads)."""
+    names = ("query_img", "query_mask", "support_img", "support_mask")
+    return dict(zip(names, synthetic_episodes(batch, size, seed)))
+
+
+def train_step_trainer(model: VIPMT, device: torch.device = torch.device("cpu"), amp: bool = False) -> Trainer:
+    """train.py's step for ``model`` (default config: Adam's settings, clips, memory size), without data:
+    call ``train_step(batch)``; ``amp``: float16 autocast and a gradient scaler."""
+    cfg = update_config(get_config(), {"image_size": list(model.image_size)})
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                 betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    parts = TrainingParts(model, model, optimizer, torch.amp.GradScaler(device.type, enabled=amp))
+    return Trainer(cfg, device=device, parts=parts)
 
 
 def synthetic_episodes(batch: int, size=IMAGE_SIZE, seed: int = 0) -> tuple:
@@ -96,17 +116,20 @@ def attach_clock(clock: StageClock, model: VIPMT) -> None:
 
 
 class TrainStep:
-    """One training step from a fixed starting point (weights, Adam state, dropout seed)."""
+    """One training step (`Trainer.train_step`) from a fixed starting point (weights, Adam state,
+    memory draws, dropout seed)."""
 
-    def __init__(self, model: VIPMT, episodes: tuple, seed: int = 0):
-        self.model = model.train()
-        self.episodes = episodes
+    def __init__(self, model: VIPMT, batch: dict, seed: int = 0):
+        self.model = model
+        self.batch = batch
         self.seed = seed
-        self.plans = plan_episode(QUERY_FRAMES, CLIP_LENGTH, MEMORY_SIZE, torch.Generator().manual_seed(seed))
+        self.trainer = train_step_trainer(model)
+        self.optimizer = self.trainer.optimizer
         self.trainable = [p for p in model.parameters() if p.requires_grad]   # what train.py optimises
-        self.optimizer = torch.optim.Adam(self.trainable, **ADAM)
         self.clock = StageClock()
         attach_clock(self.clock, model)
+        self.trainer.backward = self.clock.wrap("backward", self.trainer.backward)
+        self.optimizer.step = self.clock.wrap("optimizer step", self.optimizer.step)
         self.run()                                           # warm-up; creates Adam's state
         # The starting point waits on disk: two more copies of the weights and Adam's state in
         # memory would crowd a 2-core development machine.
@@ -114,30 +137,34 @@ class TrainStep:
         self.start = os.path.join(self._folder.name, "start.pt")
         torch.save({"model": model.state_dict(), "optimizer": self.optimizer.state_dict()}, self.start)
 
-    def run(self) -> dict:
-        """One step; returns the summed loss terms, per-tensor gradient norms and the stage times."""
-        clock = self.clock
+    def reset_streams(self) -> None:
+        """The same memory draws and dropout masks at every run."""
         torch.manual_seed(self.seed)
-        self.optimizer.zero_grad(set_to_none=True)
+        self.trainer.state.memory_generator.manual_seed(self.seed)
+
+    def run(self) -> dict:
+        """One step; returns its losses, per-tensor gradient norms and the stage times."""
+        clock = self.clock
+        self.reset_streams()
         clock.reset()
-
-        def backward(loss):
-            with clock.stage("backward"):
-                loss.backward()
-
         started, cpu_started = time.perf_counter(), time.process_time()
         with clock.stage(REST):
-            results = train_episode(self.model, *self.episodes, self.plans, backward=backward)
+            losses = self.trainer.train_step(self.batch)
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
         grad_norms = [p.grad.double().norm().item() for p in self.trainable]     # (not timed)
-        started, cpu_started = time.perf_counter(), time.process_time()
-        with clock.stage("optimizer step"):
-            self.optimizer.step()
-        seconds += time.perf_counter() - started
-        cpu_seconds += time.process_time() - cpu_started
-        losses = {name: sum(r[name].item() for r in results) for name in LOSS_TERMS}
-        return {"seconds": seconds, "cpu_seconds": cpu_seconds, "losses": losses, "grad_norms": grad_norms,
+        return {"seconds": seconds, "cpu_seconds": cpu_seconds, "losses": dict(losses), "grad_norms": grad_norms,
                 "stages": dict(clock.seconds)}
+
+    def forward_only(self) -> None:
+        """The step's forward without gradients (the same memory draws and dropout)."""
+        from models.episode import plan_episode  # noqa: WPS433
+
+        self.reset_streams()
+        cfg, episodes = self.trainer.cfg, [self.batch[k] for k in ("query_img", "query_mask", "support_img",
+                                                                   "support_mask")]
+        plans = plan_episode(QUERY_FRAMES, cfg.clip_length, cfg.memory_size, self.trainer.state.memory_generator)
+        with torch.no_grad():
+            train_episode(self.model, *episodes, plans)
 
     def restore(self) -> None:
         start = torch.load(self.start, weights_only=True)
@@ -172,9 +199,8 @@ def count_flops(step: TrainStep, use_authors: bool) -> dict:
         totals["step (forward + backward)"] = counter.get_total_flops()
         step.restore()
         counter = FlopCounterMode(display=False)
-        with counter, torch.no_grad():
-            torch.manual_seed(step.seed)
-            train_episode(step.model, *step.episodes, step.plans)
+        with counter:
+            step.forward_only()
     root = type(step.model).__name__
     per_module = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
     forward = defaultdict(float)
@@ -198,7 +224,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     model = VIPMT(backbone_weights=None, image_size=tuple(args.size))
-    step = TrainStep(model, synthetic_episodes(args.batch, tuple(args.size)))
+    step = TrainStep(model, synthetic_batch(args.batch, tuple(args.size)))
     paths = {OURS: False} if args.skip_authors else {AUTHORS: True, OURS: False}
     runs = {name: [] for name in paths}
     for _ in range(args.repeats):
@@ -230,9 +256,9 @@ def main() -> None:
     if AUTHORS in runs:
         theirs, ours = runs[AUTHORS][-1], runs[OURS][-1]
         worst_loss = max(abs(ours["losses"][k] - theirs["losses"][k]) / max(abs(theirs["losses"][k]), 1e-6)
-                         for k in LOSS_TERMS)
+                         for k in ours["losses"])
         worst_grad = max(abs(a - b) / max(b, 1e-12) for a, b in zip(ours["grad_norms"], theirs["grad_norms"]))
-        summed = ", ".join(f"{k} {ours['losses'][k]:.6f}" for k in LOSS_TERMS)
+        summed = ", ".join(f"{k} {v:.6f}" for k, v in ours["losses"].items())
         print(f"\nlosses: {summed}; largest relative "
               f"difference to the authors' arithmetic {worst_loss:.1e} (loss terms), {worst_grad:.1e} "
               f"(per-tensor gradient norms)")

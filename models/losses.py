@@ -74,6 +74,9 @@ def contrast_loss(cross_video: torch.Tensor, query_object: torch.Tensor) -> torc
     return total / (maps + CONTRAST_EPS)
 
 
+LOSS_TERMS = ("main", "aux", "contrast", "score")     # a clip's loss terms, ``<name>_loss`` in its outputs
+
+
 @dataclass
 class LossWeights:
     """Weights of the four per-clip loss terms (all 1 in the reference)."""
@@ -81,7 +84,7 @@ class LossWeights:
     aux: float = 1.0
     contrast: float = 1.0
     score: float = 1.0
-    names: tuple = field(default=("main", "aux", "contrast", "score"), repr=False)
+    names: tuple = field(default=LOSS_TERMS, repr=False)
 
     def total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         return sum(getattr(self, name) * terms[f"{name}_loss"] for name in self.names)

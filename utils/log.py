@@ -13,7 +13,7 @@ from typing import Optional
 
 from tqdm import tqdm
 
-__all__ = ["setup_logging", "TqdmHandler"]
+__all__ = ["setup_logging", "TqdmHandler", "close_file_handlers"]
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 CONSOLE_FORMAT = "%(asctime)s %(message)s"
@@ -52,3 +52,12 @@ def setup_logging(log_file: Optional[str] = None, level: int = logging.INFO, ran
     for noisy in ("PIL", "matplotlib", "h5py"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return root
+
+
+def close_file_handlers(directory: str) -> None:
+    """Remove and close the root logger's handlers that write into ``directory`` (before its files go)."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler) and os.path.dirname(handler.baseFilename) == directory:
+            root.removeHandler(handler)
+            handler.close()

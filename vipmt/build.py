@@ -1,18 +1,32 @@
-"""Datasets, model and run directory from a resolved config (the builders every script shares)."""
+"""Datasets, model, optimizer and run directory from a resolved config (the builders every script shares).
+
+Training is put together here and handed to :class:`vipmt.training.Trainer`:
+:func:`build_training_data` (the train and val splits, the batch sampler and their loaders) and
+:func:`build_training_parts` (the model, its DDP wrapper, Adam and the gradient scaler).
+"""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 import torch
+from torch import nn
+from torch.utils.data import DataLoader
 
 from config import dataset_root
-from utils.runtime import UserError
+from utils import distributed as du
+from utils.runtime import UserError, seed_everything
 
 __all__ = ["LAST_CHECKPOINT", "BEST_CHECKPOINT", "CONFIG_FILE", "LOG_FILE", "TENSORBOARD_DIR", "METRICS_FILE",
-           "SYNTHETIC_COMMANDS", "run_directory", "dataset_missing_message",
-           "build_split", "backbone_weights_path", "build_model", "collate_episodes"]
+           "SYNTHETIC_COMMANDS", "run_directory", "dataset_missing_message", "require_dataset",
+           "build_split", "backbone_weights_path", "build_model", "collate_episodes", "TrainingData",
+           "build_training_data", "TrainingParts", "AMP_DTYPE", "amp_enabled", "amp_autocast", "build_training_parts"]
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +37,7 @@ CONFIG_FILE = "config.yaml"
 LOG_FILE = "train.log"
 TENSORBOARD_DIR = "tb"
 METRICS_FILE = "metrics.jsonl"     # one JSON line per finished epoch: mean losses, validation IoU per class
+AMP_DTYPE = torch.float16          # as the authors' CUDA AMP; torch >= 2.3 also autocasts CPU ops to it
 
 # dataset -> (what its root holds, the command that writes a synthetic one, the flags to use it)
 SYNTHETIC_COMMANDS = {
@@ -49,13 +64,19 @@ def dataset_missing_message(cfg) -> str:
             f"add `{flag}` to this command.")
 
 
+def require_dataset(cfg) -> str:
+    """The configured dataset's root; UserError saying how to get it when it does not exist."""
+    root = dataset_root(cfg)
+    if not os.path.exists(root):
+        raise UserError(dataset_missing_message(cfg))
+    return root
+
+
 def build_split(cfg, split: str, *, episodes_per_class: int, seed: int, augment: bool):
     """The dataset of one split (train / val / test) of the configured dataset and fold."""
     from dataset import build_dataset  # noqa: WPS433 - heavy import kept out of --help
 
-    root = dataset_root(cfg)
-    if not os.path.exists(root):
-        raise UserError(dataset_missing_message(cfg))
+    root = require_dataset(cfg)
     return build_dataset(name=cfg.dataset, root=root, split=split, group=cfg.group,
                          image_size=tuple(cfg.image_size), query_frames=cfg.query_frames,
                          support_shots=cfg.support_shots, episodes_per_class=episodes_per_class,
@@ -101,3 +122,110 @@ def collate_episodes(items: List[Dict[str, Any]]) -> Dict[str, Any]:
         values = [item[key] for item in items]
         out[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
     return out
+
+
+def worker_ignores_interrupts(worker_id: int) -> None:
+    """DataLoader workers: Ctrl-C reaches the whole process group, but only the main process decides
+    (it finishes the step and saves); SIGTERM keeps its default so the loader can still end a worker."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@dataclass
+class TrainingData:
+    """The train and val splits of a run, the train split's batch sampler, and their loaders."""
+    train_set: Any
+    val_set: Any
+    sampler: Any                 # dataset.DifferentClassBatchSampler of this rank
+    cfg: Any
+    pin_memory: bool = False
+
+    def train_loader(self, epoch: int) -> DataLoader:
+        """The loader of one epoch (the sampler positioned by the caller); worker seeds from seed + epoch."""
+        return DataLoader(self.train_set, batch_sampler=self.sampler, num_workers=self.cfg.num_workers,
+                          collate_fn=collate_episodes, pin_memory=self.pin_memory,
+                          generator=torch.Generator().manual_seed(self.cfg.seed + epoch),
+                          worker_init_fn=worker_ignores_interrupts)
+
+    def val_loader(self, rank: int = 0, world_size: int = 1) -> DataLoader:
+        """This rank's share of the val episodes (every ``world_size``-th), in ``val_batch_size`` batches."""
+        indices = list(range(rank, len(self.val_set), world_size))
+        size = self.cfg.val_batch_size
+        batches = [indices[i:i + size] for i in range(0, len(indices), size)]
+        return DataLoader(self.val_set, batch_sampler=batches, num_workers=self.cfg.num_workers,
+                          collate_fn=collate_episodes, pin_memory=self.pin_memory,
+                          worker_init_fn=worker_ignores_interrupts)
+
+    def check_files(self, dist_info: du.DistInfo) -> None:
+        """check_data=true: rank 0 decodes every frame and mask that the train and val splits use;
+        every rank raises one DatasetError listing all bad files."""
+        from dataset.check import find_bad_files, raise_if_bad  # noqa: WPS433
+
+        bad = None
+        if dist_info.is_main:
+            started = time.time()
+            logger.info("check_data: decoding every frame and mask of the train and val splits ...")
+            show = sys.stderr.isatty()
+            bad = sorted(set(find_bad_files(self.train_set, show_progress=show)
+                             + find_bad_files(self.val_set, show_progress=show)))
+            if not bad:
+                logger.info("check_data: every frame and mask decodes (%.0f s)", time.time() - started)
+        raise_if_bad(du.broadcast_object(bad))
+
+
+def build_training_data(cfg, dist_info: du.DistInfo, device: torch.device) -> TrainingData:
+    """The train split (augmented) and val split of the fold, and this rank's batch sampler;
+    with ``check_data`` every file they use is decoded first."""
+    from dataset import DifferentClassBatchSampler  # noqa: WPS433
+
+    train_set = build_split(cfg, "train", episodes_per_class=cfg.episodes_per_class, seed=cfg.seed, augment=True)
+    val_set = build_split(cfg, "val", episodes_per_class=cfg.val_episodes_per_class, seed=cfg.seed, augment=False)
+    sampler = DifferentClassBatchSampler(train_set, batch_size=cfg.batch_size, seed=cfg.seed,
+                                         num_replicas=dist_info.world_size, rank=dist_info.rank)
+    if sampler.batches_per_epoch() == 0:
+        raise UserError(f"the train split gives no batch of batch_size={cfg.batch_size} on each of "
+                        f"{dist_info.world_size} process(es); lower batch_size or raise episodes_per_class")
+    data = TrainingData(train_set, val_set, sampler, cfg, pin_memory=device.type == "cuda")
+    if cfg.check_data:
+        data.check_files(dist_info)
+    return data
+
+
+@dataclass
+class TrainingParts:
+    """What a training step changes: the model, the module that trains it (DDP or the model), Adam
+    and the gradient scaler (``scaler.is_enabled()``: AMP is on)."""
+    model: nn.Module
+    train_module: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+
+
+def amp_enabled(cfg, device: torch.device) -> bool:
+    """Mixed precision: ``amp`` on CUDA, and on CPU only with ``amp_on_cpu`` (a testing aid)."""
+    return bool(cfg.amp) and (device.type == "cuda" or (device.type == "cpu" and cfg.amp_on_cpu))
+
+
+def amp_autocast(device: torch.device, enabled: bool):
+    """The training's autocast context: :data:`AMP_DTYPE` when AMP is on, else nothing."""
+    if enabled:
+        return torch.autocast(device_type=device.type, dtype=AMP_DTYPE)
+    return contextlib.nullcontext()
+
+
+def build_training_parts(cfg, dist_info: du.DistInfo, device: torch.device, *,
+                         backbone_weights: Optional[str]) -> TrainingParts:
+    """A VIPMT on ``device`` (initial weights from ``cfg.seed``; the backbone from the file or random),
+    wrapped in DDP when the world has several processes, with Adam on its trainable parameters."""
+    seed_everything(cfg.seed)                            # the initial weights depend on the seed only
+    model = build_model(cfg, backbone_weights=backbone_weights).to(device)
+    # DDP wraps the network; each clip's forward is followed by its own backward
+    # (models.episode.train_episode), so DDP sees matched forward/backward pairs.
+    train_module: nn.Module = model
+    if dist_info.distributed:
+        train_module = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_enabled(cfg, device))
+    return TrainingParts(model, train_module, optimizer, scaler)

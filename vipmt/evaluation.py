@@ -20,26 +20,27 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from config import config_to_dict, dataset_root
+from config import config_to_dict
 from utils.fileio import atomic_write_json, unwritable_reason
 from utils.log import setup_logging
 from utils.metrics import FewShotEvaluator, jaccard
 from utils.runtime import UserError, resolve_device, seed_everything
 from utils.visualize import save_video_visualisation
 
-from .build import BEST_CHECKPOINT, backbone_weights_path, build_model, build_split, dataset_missing_message, \
-    run_directory
+from .build import (BEST_CHECKPOINT, TrainingData, amp_autocast, backbone_weights_path, build_model, build_split,
+                    require_dataset, run_directory)
 from .cli import resolve_config
 from .loading import LoadedModel, load_trained_model
 
 __all__ = ["METRICS", "RESULTS_FOLDER", "metric_names", "results_path", "check_output_locations", "make_segmenter",
            "COMPILED_MODULES", "check_compiler", "compile_model", "compile_seconds", "AllBackground", "model_under_test",
-           "evaluate_split", "aggregate", "format_table", "run_test"]
+           "evaluate_split", "aggregate", "format_table", "run_test", "validate_episodes"]
 
 logger = logging.getLogger(__name__)
 
 METRICS = ("J", "F", "class_iou")        # + VC_<window>
 RESULTS_FOLDER = "test"                   # test.py writes <run dir>/test/test_<checkpoint>_<seeds>.{json,log}
+VAL_MEMORY_SEED_OFFSET = 7919             # validation memory draws use their own fixed generator
 
 
 def metric_names(cfg) -> List[str]:
@@ -178,6 +179,36 @@ def evaluate_split(cfg, segmenter, *, device: torch.device, seed: int, vis_dir: 
     return {"seed": seed, "class_names": names, "videos": videos, **summary}
 
 
+@torch.no_grad()
+def validate_episodes(model, data: TrainingData, cfg, *, device: torch.device, dist_info, amp: bool) -> Dict[str, Any]:
+    """Training's validation: the val split's episodes with the three-clip scheme of training in eval
+    mode (memory = ground-truth masks of earlier frames), this rank's share, merged over ranks.
+
+    Returns ``{"class_iou": {class: IoU}, "mean_class_iou": float}``; the same episodes and memory
+    draws at every validation (val epoch 0, a generator seeded with seed + VAL_MEMORY_SEED_OFFSET).
+    """
+    from models.episode import plan_episode, predict_episode  # noqa: WPS433
+    from utils import distributed as du  # noqa: WPS433
+
+    model.eval()
+    data.val_set.set_epoch(0)
+    generator = torch.Generator().manual_seed(cfg.seed + VAL_MEMORY_SEED_OFFSET)
+    evaluator = FewShotEvaluator(boundary=False, consistency=False)
+    loader = data.val_loader(dist_info.rank, dist_info.world_size)
+    for batch in tqdm(loader, desc="validate", leave=False, disable=not dist_info.is_main, dynamic_ncols=True):
+        tensors = [batch[k].to(device) for k in ("query_img", "query_mask", "support_img", "support_mask")]
+        plans = plan_episode(tensors[0].shape[1], cfg.clip_length, cfg.memory_size, generator)
+        with amp_autocast(device, amp):
+            pred, _score = predict_episode(model, *tensors, plans)
+        gt = tensors[1][:, :, 0]
+        for b, class_id in enumerate(batch["class_id"]):
+            evaluator.add_video(class_id, pred[b].cpu(), gt[b].cpu())
+    merged = FewShotEvaluator(boundary=False, consistency=False)
+    for part in du.all_gather_object(evaluator):       # every rank gets every rank's counts
+        merged.merge(part)
+    return {"class_iou": merged.class_iou(), "mean_class_iou": merged.mean_class_iou()}
+
+
 def _stats(values: List[Optional[float]]) -> Dict[str, Optional[float]]:
     vals = [v for v in values if v is not None and not math.isnan(v)]
     if not vals:
@@ -262,8 +293,7 @@ def run_test(values: Mapping[str, Any], *, checkpoint: Optional[str] = None, out
     locations are checked before the model is loaded. The results hold ``table`` (the text table).
     """
     early = resolve_config({}, values)
-    if not os.path.exists(dataset_root(early)):                       # before loading any weights
-        raise UserError(dataset_missing_message(early))
+    require_dataset(early)                                            # before loading any weights
     output = output or results_path(early, checkpoint)
     check_output_locations(output=output, save_vis=save_vis)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)

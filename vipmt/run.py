@@ -1,0 +1,269 @@
+"""A whole training run, as ``train.py`` runs it: config, run directory, DDP, signals, fit, exit status.
+
+:func:`run_training` checks every input that needs no model first (config, dataset root,
+backbone file, a writable run directory); rank 0 then holds the run directory
+(:class:`RunDirectoryHold`: a second run on it is refused, naming the holder) before the process
+group starts. Resuming, the checkpoint's saved config is the base and the command line's values
+go over it, except the run-defining keys (config.RUN_DEFINING_KEYS), which must not change.
+
+SIGINT / SIGTERM (Ctrl-C, a cluster's preemption) during training finish the current step, write
+``last.pth`` and end the run with status 130 ("interrupted at epoch e, iteration i" in
+train.log); ``--resume`` continues bit-identically. A second signal exits at once, without
+saving (the previous ``last.pth`` is intact: writes are atomic).
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import Any, Iterator, List, Mapping, Optional, Sequence
+
+from config import OPTIMIZER_KEYS, resume_changes, save_config, update_config
+from utils import distributed as du
+from utils.checkpoint import is_resumable, load_checkpoint
+from utils.fileio import unwritable_reason
+from utils.log import close_file_handlers, setup_logging
+from utils.runlock import LOCK_FILE, RunLock
+from utils.runtime import EXIT_FAILURE, EXIT_INTERRUPTED, UserError, resolve_device
+
+from .build import (AMP_DTYPE, CONFIG_FILE, LAST_CHECKPOINT, LOG_FILE, backbone_weights_path, build_training_data,
+                    build_training_parts, require_dataset, run_directory)
+from .cli import resolve_config
+from .evaluation import validate_episodes
+from .hooks import Checkpointer, default_hooks
+from .training import Trainer, TrainingError
+
+__all__ = ["find_resume_checkpoint", "RunDirectoryHold", "StopSignals", "run_training"]
+
+logger = logging.getLogger("train")
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def find_resume_checkpoint(cfg, resume_from: Optional[str]) -> str:
+    """The checkpoint to continue: ``resume_from``, or the run directory's last.pth."""
+    if not resume_from:
+        path = os.path.join(run_directory(cfg), LAST_CHECKPOINT)
+        if not os.path.isfile(path):
+            raise UserError(f"--resume: nothing to resume, {path!r} does not exist (the run "
+                            f"{run_directory(cfg)!r} has not saved a checkpoint yet). Start without "
+                            f"--resume, or name the run to continue: --resume-from CHECKPOINT, or "
+                            f"--run-name NAME (and --output-dir DIR) of an earlier run.")
+        return path
+    if not os.path.isfile(resume_from):
+        raise UserError(f"--resume-from: checkpoint {resume_from!r} does not exist")
+    return resume_from
+
+
+class RunDirectoryHold:
+    """Rank 0's hold on the run directory while train.py runs: the :class:`utils.runlock.RunLock`,
+    and the removal of what a start that failed before training left.
+
+    A start that fails before training (a bad weights file, bad data, Ctrl-C while the model
+    is built) leaves no run folder behind: when this start created the directory (and maybe
+    parents) and it holds nothing but what the start wrote (config.yaml, train.log, .lock), the
+    directory and the parents this start created are removed. Once training has begun, ``tb/``
+    exists and everything is kept.
+    """
+
+    START_FILES = frozenset({CONFIG_FILE, LOG_FILE, LOCK_FILE})
+
+    def __init__(self, run_dir: str):
+        self.run_dir = os.path.abspath(run_dir)
+        self.lock = RunLock(self.run_dir)
+        self.created: List[str] = []          # directories this start created, deepest first
+
+    def acquire(self) -> "RunDirectoryHold":
+        missing, path = [], self.run_dir
+        while not os.path.lexists(path):
+            missing.append(path)
+            path = os.path.dirname(path)
+        self.lock.acquire()                   # creates the missing directories; refused if another run holds it
+        self.created = missing
+        return self
+
+    def discard_failed_start(self) -> None:
+        if not self.created or not self.lock.held:
+            return
+        try:
+            names = set(os.listdir(self.run_dir))
+        except OSError:
+            return
+        if not names <= self.START_FILES:
+            return
+        close_file_handlers(self.run_dir)     # train.log's handler, before its file goes
+        for name in sorted(names - {LOCK_FILE}):
+            os.unlink(os.path.join(self.run_dir, name))
+        # The lock file goes last, while still held: no other start can have entered meanwhile.
+        os.unlink(self.lock.path)
+        for directory in self.created:
+            try:
+                os.rmdir(directory)
+            except OSError:                   # not empty: another run started there meanwhile
+                break
+
+    def release(self) -> None:
+        self.lock.release()
+
+
+class StopSignals:
+    """SIGINT / SIGTERM while training: the first asks the loop to stop after the current step
+    (:meth:`received` names it), a second exits at once, without saving."""
+
+    def __init__(self, dist_info: du.DistInfo):
+        self.dist = dist_info
+        self.signal: Optional[int] = None
+
+    def received(self) -> Optional[int]:
+        return self.signal
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self.signal is not None:
+            os.write(2, f"\n{name} again: exiting at once without saving (last.pth holds the last "
+                        f"checkpoint)\n".encode())
+            os._exit(EXIT_INTERRUPTED)     # noqa: WPS421 - at once: no cleanup that could hang
+        self.signal = signum
+        if self.dist.is_main:              # written directly: logging is not safe inside a signal handler
+            os.write(2, f"\n{name}: stopping after the current step and saving last.pth (again: exit at "
+                        f"once, without saving)\n".encode())
+
+    @contextlib.contextmanager
+    def handled(self) -> Iterator["StopSignals"]:
+        """Route SIGINT / SIGTERM to this object inside the block (main thread only)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._on_signal)
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+
+
+def _resolve_resumed_config(values: Mapping[str, Any], ckpt: Mapping[str, Any], run_dir: str):
+    """(config to use, changes) for a resume; ConfigError for run-defining changes.
+
+    The config to use is the checkpoint's, with the command line's values over it; its
+    output_dir / run_name name the directory the run continues in (--resume-from may point
+    elsewhere than they said).
+    """
+    saved = resolve_config(ckpt.get("config") or {}, {})
+    cfg = resolve_config(saved, values)
+    if os.path.abspath(run_directory(cfg)) != os.path.abspath(run_dir):
+        cfg = update_config(cfg, {"output_dir": os.path.dirname(run_dir), "run_name": os.path.basename(run_dir)})
+    return cfg, resume_changes(saved, cfg)
+
+
+def _describe_changes(changes: Mapping[str, Any]) -> str:
+    return ", ".join(f"{key} {old!r} -> {new!r}" + (" (set on the optimizer)" if key in OPTIMIZER_KEYS else "")
+                     for key, (old, new) in changes.items())
+
+
+def run_training(values: Mapping[str, Any], *, resume: bool = False, resume_from: Optional[str] = None,
+                 stop_after: Optional[int] = None, command: Sequence[str] = ()) -> int:
+    """Train one fold: check the inputs, take the run directory, set up DDP and logging, and fit.
+
+    ``values`` are explicit config values (vipmt.cli.explicit_values). Returns the exit status:
+    0, 1 when training failed, 130 when interrupted (last.pth saved).
+    """
+    cfg = resolve_config({}, values)
+    checkpoint_path = None
+    if resume or resume_from:
+        checkpoint_path = find_resume_checkpoint(cfg, resume_from)
+        run_dir = os.path.dirname(os.path.abspath(checkpoint_path))
+    else:
+        run_dir = run_directory(cfg)
+        backbone_weights_path(cfg, required=True, warn=False)
+        require_dataset(cfg)
+    problem = unwritable_reason(run_dir)
+    if problem:
+        raise UserError(f"cannot write the run directory {run_dir!r}: {problem}. Choose another --output-dir "
+                        f"(or --run-name)")
+
+    hold = RunDirectoryHold(run_dir).acquire() if du.env_rank() == 0 else None
+    try:
+        return _train_in(run_dir, cfg, values, hold=hold, checkpoint_path=checkpoint_path, stop_after=stop_after,
+                         command=command)
+    except BaseException:
+        if hold is not None:
+            hold.discard_failed_start()
+        raise
+    finally:
+        if hold is not None:
+            hold.release()
+
+
+def _train_in(run_dir: str, cfg, values: Mapping[str, Any], *, hold: Optional[RunDirectoryHold],
+              checkpoint_path: Optional[str], stop_after: Optional[int], command: Sequence[str]) -> int:
+    """The part of :func:`run_training` that runs with the run directory held (by rank 0)."""
+    resume_ckpt, changes = None, {}
+    if checkpoint_path is not None:
+        resume_ckpt = load_checkpoint(checkpoint_path)
+        if not is_resumable(resume_ckpt):
+            raise UserError(f"--resume: {checkpoint_path!r} is not a resumable training checkpoint of this "
+                            f"project (it has no optimizer/epoch state); test it with test.py --checkpoint")
+        cfg, changes = _resolve_resumed_config(values, resume_ckpt, run_dir)
+        require_dataset(cfg)
+    elif os.path.exists(os.path.join(run_dir, LAST_CHECKPOINT)):
+        raise UserError(f"run directory {run_dir!r} already holds a checkpoint ({LAST_CHECKPOINT}); "
+                        f"pass --resume to continue it, or choose another --run-name / --output-dir")
+    dist_info = du.init_distributed(resolve_device(cfg.device).type)
+    try:
+        device = resolve_device(cfg.device, dist_info.local_rank)
+        du.barrier()                                   # rank 0 has created the directory
+        setup_logging(os.path.join(run_dir, LOG_FILE), rank=dist_info.rank)
+        if hold is not None:
+            for name in hold.lock.remove_stale_temporaries():
+                logger.info("removed %s (a write interrupted by an earlier crash)", name)
+            save_config(cfg, os.path.join(run_dir, CONFIG_FILE))
+        logger.info("run directory %s; command: %s", run_dir, " ".join(command))
+        if changes:
+            logger.warning("resuming with changed config values: %s", _describe_changes(changes))
+        trainer = _build_trainer(cfg, dist_info, device, run_dir, resume_ckpt)
+        if changes:
+            trainer.state.record_config_change(changes)
+        try:
+            with StopSignals(dist_info).handled() as signals:
+                status = trainer.fit(stop_after=stop_after, stop_signal=signals.received)
+        except TrainingError as exc:
+            logger.error("%s", exc)
+            if dist_info.is_main:
+                print(f"error: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+        if status == "interrupted":
+            return EXIT_INTERRUPTED
+        if status == "finished" and dist_info.is_main:
+            best = trainer.state
+            logger.info("training finished: best mean class IoU %s at epoch %s; checkpoints in %s",
+                        "n/a" if best.best_metric is None else f"{best.best_metric:.4f}", best.best_epoch, run_dir)
+        return 0
+    finally:
+        du.cleanup_distributed()
+
+
+def _build_trainer(cfg, dist_info: du.DistInfo, device, run_dir: str,
+                   resume_ckpt: Optional[Mapping[str, Any]]) -> Trainer:
+    """Data, model, optimizer and hooks of the run; resumed from ``resume_ckpt`` when given."""
+    data = build_training_data(cfg, dist_info, device)
+    weights = None if resume_ckpt is not None else backbone_weights_path(cfg, required=True)
+    parts = build_training_parts(cfg, dist_info, device, backbone_weights=weights)
+    checkpointer = Checkpointer(run_dir, dist_info)
+    validate = functools.partial(validate_episodes, data=data, cfg=cfg, device=device, dist_info=dist_info,
+                                 amp=parts.scaler.is_enabled())
+    trainer = Trainer(cfg, device=device, dist_info=dist_info, parts=parts, data=data, checkpointer=checkpointer,
+                      hooks=default_hooks(run_dir, validate=validate, checkpointer=checkpointer))
+    if resume_ckpt is not None:
+        checkpointer.restore(trainer, resume_ckpt)
+    amp = f"on ({AMP_DTYPE}, loss scale {parts.scaler.get_scale():g})" if parts.scaler.is_enabled() else "off"
+    logger.info("train: %s; val: %s; %d trainable parameters; device %s%s; AMP %s", data.train_set, data.val_set,
+                sum(p.numel() for p in parts.model.parameters() if p.requires_grad), device,
+                f" x {dist_info.world_size} processes" if dist_info.distributed else "", amp)
+    return trainer
