@@ -137,28 +137,26 @@ def save_checkpoint(
 
     ``epoch`` is the number of completed epochs; ``iteration`` > 0 marks a checkpoint taken
     inside epoch ``epoch`` after that many iterations. ``rng_states`` defaults to this
-    process's :func:`capture_rng_state` (DDP: pass the list gathered from every rank).
+    process's :func:`capture_rng_state` (DDP: pass the list gathered from every rank). ``extra``:
+    further top-level fields (e.g. a trainer's counters); one that this function writes itself is
+    a ValueError, never a silent replacement.
     """
-    ckpt: Dict[str, Any] = {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "contents": CONTENTS_FULL,
-        "state_dict": _cpu_state_dict(model),
+    ckpt = _layout(CONTENTS_FULL, model=model, epoch=epoch, config=config, best_metric=best_metric,
+                   best_epoch=best_epoch, metrics=metrics)
+    ckpt.update({
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scaler": scaler.state_dict() if scaler is not None else None,
-        "epoch": int(epoch),
         "iteration": int(iteration),
         "global_step": int(global_step),
         "sampler": dict(sampler_state) if sampler_state is not None else None,
         "rng": list(rng_states) if rng_states is not None else [capture_rng_state()],
-        "config": _plain(config) if config is not None else None,
-        "best_metric": None if best_metric is None else float(best_metric),
-        "best_epoch": None if best_epoch is None else int(best_epoch),
-        "metrics": _plain(metrics) if metrics is not None else {},
         "environment": environment_info(),
-    }
-    if extra:
-        ckpt.update(extra)
+    })
+    clash = sorted(set(extra or {}) & set(ckpt))
+    if clash:
+        raise ValueError(f"save_checkpoint: extra fields {clash} would replace the checkpoint's own; pass them "
+                         f"as keywords")
+    ckpt.update(extra or {})
     return atomic_torch_save(ckpt, path)
 
 
@@ -180,10 +178,19 @@ def save_weights(
     108.3 M trainable) this is 528 MB instead of 1395 MB. ``load_checkpoint`` and
     ``test.py --checkpoint`` read it; :func:`is_resumable` is False for it (no optimizer).
     """
-    ckpt: Dict[str, Any] = {
+    ckpt = _layout(CONTENTS_WEIGHTS, model=model, epoch=epoch, config=config, best_metric=best_metric,
+                   best_epoch=best_epoch, metrics=metrics)
+    return atomic_torch_save(ckpt, path)
+
+
+def _layout(contents: str, *, model: torch.nn.Module, epoch: int, config: Optional[Mapping[str, Any]],
+            best_metric: Optional[float], best_epoch: Optional[int],
+            metrics: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+    """The fields every checkpoint of ours holds (see the module docstring); full ones add the rest."""
+    return {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
-        "contents": CONTENTS_WEIGHTS,
+        "contents": contents,
         "state_dict": _cpu_state_dict(model),
         "epoch": int(epoch),
         "config": _plain(config) if config is not None else None,
@@ -191,7 +198,6 @@ def save_weights(
         "best_epoch": None if best_epoch is None else int(best_epoch),
         "metrics": _plain(metrics) if metrics is not None else {},
     }
-    return atomic_torch_save(ckpt, path)
 
 
 def _cpu_state_dict(model: torch.nn.Module) -> "OrderedDict[str, torch.Tensor]":
