@@ -19,8 +19,7 @@ from typing import Sequence
 
 from utils.log import setup_logging
 from utils.runtime import reuse_freed_memory
-from config import ConfigError
-from vipmt.cli import add_config_arguments, explicit_values, run, script_parser
+from vipmt.cli import add_config_arguments, add_config_option, explicit_values, run, script_parser
 from vipmt.evaluation import run_test
 
 
@@ -31,7 +30,7 @@ def build_parser():
                         help="checkpoint to test: ours or the authors' {'state_dict': ...} file "
                              "(default <output_dir>/<run_name>/best.pth); 'none' tests the untrained "
                              "model (backbone from --backbone-weights)")
-    parser.add_argument("--runs", type=int, help="repeat with seeds seed..seed+N-1 (= --test-runs N)")
+    add_config_option(parser, "--runs", "test_runs", help="repeat with seeds seed..seed+N-1 (= --test-runs N)")
     parser.add_argument("--output", metavar="JSON", help="results file (default <run dir>/test/test_<checkpoint>_seed<S>.json, log beside it)")
     parser.add_argument("--save-vis", metavar="DIR", help="write per-frame overlays and per-video contact sheets (first run)")
     parser.add_argument("--trust-checkpoint", action="store_true",
@@ -42,13 +41,7 @@ def build_parser():
 def main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
-    values = explicit_values(args)
-    if args.runs is not None:
-        if values.get("test_runs", args.runs) != args.runs:
-            raise ConfigError(f"conflicting values for config key 'test_runs': --runs {args.runs} and "
-                              f"{values['test_runs']} from the config options; give one value")
-        values["test_runs"] = args.runs
-    run_test(values, checkpoint=args.checkpoint, output=args.output, save_vis=args.save_vis,
+    run_test(explicit_values(args), checkpoint=args.checkpoint, output=args.output, save_vis=args.save_vis,
              trusted=args.trust_checkpoint)       # logs the table; JSON and log in the run directory
     return 0
 

@@ -20,9 +20,10 @@ import os
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from .aliases import AUTHOR_ALIASES, NO_EQUIVALENT, Alias
-from .config import DATASET_NAMES, DEFAULTS, ConfigError, parse_override, read_config_file
+from .config import (DATASET_NAMES, DATASET_ROOT_KEYS, DEFAULTS, ConfigError, key_help, parse_assignment,
+                     parse_override, read_config_file)
 
-__all__ = ["add_config_arguments", "config_values_from_args", "explicit_values", "alias_table_markdown",
+__all__ = ["add_config_arguments", "add_config_option", "config_values_from_args", "explicit_values", "alias_table_markdown",
            "option_names", "KEY_HELP"]
 
 GIVEN_ATTR = "config_options_given"        # namespace attribute: [(option string, _Spec, text)]
@@ -30,54 +31,7 @@ DATA_ROOT_OPTION = "--data-root"
 BACKBONE_FILE = "resnet50_v2.pth"          # the file inside the authors' initmodel_path folder
 DATASET_FOLDERS = {"youtube_vis_root": "Youtube-VOS", "minivspw_root": "VSPW_480p"}   # inside data_path
 
-KEY_HELP = {
-    "dataset": "dataset to train / test on",
-    "youtube_vis_root": "YouTube-VIS 2019 root (holds train/train.json and train/JPEGImages)",
-    "minivspw_root": "VSPW 480p root (holds data/ and the MiniVSPW lists/)",
-    "image_size": "(H, W) letterbox size, multiples of 8",
-    "group": "fold 1..4 (its classes are held out for val/test)",
-    "support_shots": "annotated support images per episode",
-    "query_frames": "training query frames (whole clips)",
-    "clip_length": "frames per clip (train and test)",
-    "episodes_per_class": "training episodes per class per epoch",
-    "val_episodes_per_class": "validation episodes per class",
-    "num_workers": "DataLoader worker processes",
-    "check_data": "before training, decode every frame and mask the train and val splits use "
-                  "and list all bad files (python -m dataset.check)",
-    "epochs": "training epochs",
-    "batch_size": "episodes per batch (per process under DDP)",
-    "val_batch_size": "validation episodes per batch",
-    "lr": "Adam learning rate",
-    "betas": "Adam betas",
-    "weight_decay": "Adam weight decay",
-    "loss_weight_main": "weight of the main loss",
-    "loss_weight_aux": "weight of the auxiliary loss",
-    "loss_weight_contrast": "weight of the contrastive loss",
-    "loss_weight_score": "weight of the score (IoU regression) loss",
-    "amp": "mixed precision with a gradient scaler (CUDA; on CPU only with amp_on_cpu)",
-    "amp_max_consecutive_skips": "under AMP, stop after this many optimizer steps in a row skipped for "
-                                 "inf/nan gradients",
-    "amp_on_cpu": "testing aid: AMP (float16 autocast + gradient scaler) on CPU too; slow",
-    "grad_clip": "max gradient norm; 0 disables",
-    "memory_threshold": "a frame with predicted score >= this becomes memory",
-    "memory_size": "at most this many memory frames per clip",
-    "vc_window": "window length of the VC_n metric",
-    "test_runs": "repeat the test with seeds seed..seed+N-1",
-    "test_bf16": "bfloat16 autocast in test.py",
-    "test_compile": "torch.compile (inductor) the backbone and the heads in test.py; the first clips of "
-                    "each shape compile (minutes on CPU), the time is logged",
-    "backbone_weights": "resnet50_v2.pth path, or 'none' for a random backbone",
-    "seed": "random seed",
-    "device": "auto | cpu | cuda | cuda:N (auto: cuda if available)",
-    "output_dir": "where run directories are created",
-    "run_name": "run directory name (empty: <dataset>_group<G>)",
-    "save_every": "periodic checkpoint epoch_NNN.pth every N epochs",
-    "periodic_checkpoint_full": "epoch_NNN.pth holds the full training state (resumable) instead of "
-                                "the weights, config and epoch only (528 MB instead of 1395 MB at 240x424)",
-    "checkpoint_every_iters": "also refresh last.pth every N iterations (0: off)",
-    "validate_every": "validate every N epochs",
-    "log_every": "TensorBoard scalars every N iterations",
-}
+KEY_HELP = key_help()                      # {key: --help text}: the comments of config/config.py's DEFAULTS
 
 
 # ---- value conversions of the authors' names (config.aliases, field ``convert``) ----------------
@@ -90,7 +44,7 @@ def _dataset_parent(key: Optional[str], text: str, dataset: str) -> Dict[str, An
 
 
 def _dataset_root(key: Optional[str], text: str, dataset: str) -> Dict[str, Any]:
-    return {"youtube_vis_root" if dataset == "youtube_vis" else "minivspw_root": text}
+    return {DATASET_ROOT_KEYS[dataset]: text}
 
 
 def _weights_folder(key: str, text: str, dataset: str) -> Dict[str, Any]:
@@ -135,6 +89,8 @@ class _ConfigOption(argparse.Action):
             given = []
             setattr(namespace, GIVEN_ATTR, given)
         given.append((option_string, self.spec, text))
+        if self.dest != argparse.SUPPRESS:       # a script's own spelling keeps its attribute (typed)
+            setattr(namespace, self.dest, parse_override(self.spec.key, text, DEFAULTS[self.spec.key]))
 
 
 class _NoEquivalent(argparse.Action):
@@ -172,6 +128,15 @@ def _show_default(value: Any) -> str:
 def _plain(markdown: str) -> str:
     """Table text for --help: no backticks; % escaped for argparse."""
     return markdown.replace("`", "").replace("%", "%%")
+
+
+def add_config_option(parser: argparse.ArgumentParser, name: str, key: str, help: str) -> None:
+    """A script's own spelling ``name`` of config key ``key`` (e.g. test.py's ``--runs`` of test_runs):
+    read with the other config options, so a different value given for the key is a ConfigError;
+    ``args.<name>`` holds its typed value (None when not given)."""
+    default = DEFAULTS[key]
+    parser.add_argument(name, action=_ConfigOption, spec=_Spec(key), help=help,
+                        metavar="BOOL" if isinstance(default, bool) else type(default).__name__.upper())
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, *, exclude: Iterable[str] = (),
@@ -302,12 +267,7 @@ def explicit_values(args: argparse.Namespace) -> Dict[str, Any]:
     by_key: Dict[str, List[Tuple[str, Any]]] = {}
     override_dataset = None
     for item in getattr(args, "overrides", None) or []:
-        if "=" not in item:
-            raise ConfigError(f"config override {item!r} is not of the form key=value")
-        key, text = (part.strip() for part in item.split("=", 1))
-        if key not in DEFAULTS:
-            raise ConfigError(f"unknown config key {key!r}; valid keys are: {', '.join(sorted(DEFAULTS))}")
-        value = parse_override(key, text, DEFAULTS[key])
+        key, value = parse_assignment(item)
         by_key[key] = [(item, value)]      # a later key=value replaces an earlier one (scripts append to base lists)
         if key == "dataset":
             override_dataset = value

@@ -18,10 +18,12 @@ The resolved config (an ``EasyDict``) is saved in the run directory (``config.ya
 """
 from __future__ import annotations
 
+import ast
 import copy
 import json
 import math
 import os
+import tokenize
 from typing import Any, Iterable, Mapping
 
 from easydict import EasyDict
@@ -44,13 +46,18 @@ __all__ = [
     "load_config_file",
     "read_config_file",
     "dataset_root",
+    "DATASET_ROOT_KEYS",
+    "key_help",
     "parse_override",
+    "parse_assignment",
+    "unknown_key_error",
     "resume_changes",
     "RUN_DEFINING_KEYS",
     "OPTIMIZER_KEYS",
 ]
 
 DATASET_NAMES = ("youtube_vis", "minivspw")
+DATASET_ROOT_KEYS = {"youtube_vis": "youtube_vis_root", "minivspw": "minivspw_root"}   # the key of each root
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 ENVIRONMENT_KEY = "environment"   # config files' record of what ran: not a setting, dropped on read
 NUM_FOLDS = 4
@@ -62,68 +69,85 @@ class ConfigError(ValueError):
     """A bad configuration value or override (the message names the key and the value)."""
 
 
-# Keys marked (R) define a run: ``train.py --resume`` refuses to change them (RUN_DEFINING_KEYS
-# below says why for each); every other key may change on resume, is applied and logged in
-# train.log and recorded in the checkpoint's history.
+# The comment after each key is its --help text (:func:`key_help`; a comment line below it, at the
+# same column, continues it). Keys marked (R) define a run: ``train.py --resume`` refuses to change
+# them (RUN_DEFINING_KEYS below says why for each); every other key may change on resume, is applied
+# and logged in train.log and recorded in the checkpoint's history.
 DEFAULTS = EasyDict(
     {
         # ---- data ------------------------------------------------------------------
-        "dataset": "youtube_vis",                  # youtube_vis | minivspw (R)
-        "youtube_vis_root": "data/Youtube-VOS",    # holds train/train.json, train/JPEGImages
-        "minivspw_root": "data/VSPW_480p",         # VSPW 480p with lists/ (see dataset/)
+        "dataset": "youtube_vis",                  # dataset to train / test on (R)
+        "youtube_vis_root": "data/Youtube-VOS",    # YouTube-VIS 2019 root (holds train/train.json and
+                                                   # train/JPEGImages)
+        "minivspw_root": "data/VSPW_480p",         # VSPW 480p root (holds data/ and the MiniVSPW lists/)
         "image_size": [240, 424],                  # (H, W) letterbox size, multiples of 8 (R)
         # The authors letterbox a whole list (query clip/video, support set) with its first frame's
         # size and offset, stretching frames of another aspect ratio. True letterboxes each frame
         # with its own size: a deviation that changes inputs and results when sizes are mixed.
-        "letterbox_per_frame": False,              # (R)
-        "group": 1,                                # fold 1..4 (held-out classes) (R)
+        "letterbox_per_frame": False,              # letterbox every frame with its own size and offset
+                                                   # (a deviation; the authors: the first frame's) (R)
+        "group": 1,                                # fold 1..4 (its classes are held out for val/test) (R)
         "support_shots": 5,                        # annotated support images per episode (R)
-        "query_frames": 15,                        # training query frames (3 clips of 5) (R)
+        "query_frames": 15,                        # training query frames (whole clips) (R)
         "clip_length": 5,                          # frames per clip (train and test) (R)
         "episodes_per_class": 100,                 # training episodes per class per epoch (R)
         "val_episodes_per_class": 50,              # validation episodes per class (R)
         "num_workers": 4,                          # DataLoader worker processes
-        "check_data": False,                       # decode every frame and mask of train/val first (dataset.check)
+        "check_data": False,                       # before training, decode every frame and mask the train
+                                                   # and val splits use and list all bad files (python -m
+                                                   # dataset.check)
         # ---- optimisation ------------------------------------------------------------
-        "epochs": 100,
-        "batch_size": 4,                           # per process (DDP: per GPU) (R)
-        "val_batch_size": 4,
-        "lr": 5e-4,                                # Adam; lr, betas, weight_decay: a resume sets them on it
-        "betas": [0.9, 0.999],
-        "weight_decay": 5e-4,
-        "loss_weight_main": 1.0,                   # (R)
-        "loss_weight_aux": 1.0,                    # (R)
-        "loss_weight_contrast": 1.0,               # (R)
-        "loss_weight_score": 1.0,                  # (R)
-        "amp": True,                               # mixed precision + GradScaler (CUDA; CPU only with amp_on_cpu)
+        "epochs": 100,                             # training epochs
+        "batch_size": 4,                           # episodes per batch (per process under DDP) (R)
+        "val_batch_size": 4,                       # validation episodes per batch
+        # lr, betas, weight_decay: a resume sets them on the restored optimizer
+        "lr": 5e-4,                                # Adam learning rate
+        "betas": [0.9, 0.999],                     # Adam betas
+        "weight_decay": 5e-4,                      # Adam weight decay
+        "loss_weight_main": 1.0,                   # weight of the main loss (R)
+        "loss_weight_aux": 1.0,                    # weight of the auxiliary loss (R)
+        "loss_weight_contrast": 1.0,               # weight of the contrastive loss (R)
+        "loss_weight_score": 1.0,                  # weight of the score (IoU regression) loss (R)
+        "amp": True,                               # mixed precision with a gradient scaler (CUDA; on CPU
+                                                   # only with amp_on_cpu)
         # Under AMP a step whose gradients are inf/nan is skipped by the gradient scaler, which lowers
-        # its scale (the usual overflow while the scale settles); the run stops after this many skipped
-        # steps in a row. In float32 a non-finite loss stops the run at once.
-        "amp_max_consecutive_skips": 20,
-        # Testing aid: AMP on CPU too (float16 autocast + GradScaler("cpu"), both supported by torch
-        # >= 2.3), so that the mixed-precision path runs without a GPU. Slow; not a way to train.
-        "amp_on_cpu": False,
-        "grad_clip": 0.0,                          # max grad norm; 0 disables (reference: off)
+        # its scale (the usual overflow while the scale settles). In float32 a non-finite loss stops
+        # the run at once.
+        "amp_max_consecutive_skips": 20,           # under AMP, stop after this many optimizer steps in a
+                                                   # row skipped for inf/nan gradients
+        # float16 autocast + GradScaler("cpu") are supported by torch >= 2.3, so that the
+        # mixed-precision path runs without a GPU. Not a way to train.
+        "amp_on_cpu": False,                       # testing aid: AMP (float16 autocast + gradient scaler)
+                                                   # on CPU too; slow
+        "grad_clip": 0.0,                          # max gradient norm; 0 disables (the reference: off)
         # ---- inference (test.py) -------------------------------------------------------
-        "memory_threshold": 0.8,                   # score >= this makes a frame reliable memory
-        "memory_size": 5,                          # at most this many memory frames per clip
-        "memory_pool_size": 0,                     # N > 0: draw memory from the N latest reliable frames only
-                                                   # (bounds memory on long videos; 0 = all, the authors')
-        "vc_window": 7,                            # VC_n window length
+        "memory_threshold": 0.8,                   # a frame with predicted score >= this becomes memory
+        "memory_size": 5,                          # at most this many memory frames per clip (R)
+        "memory_pool_size": 0,                     # N > 0: draw memory from the N latest reliable frames
+                                                   # only (bounds memory on long videos; 0 = all, the
+                                                   # authors')
+        "vc_window": 7,                            # window length of the VC_n metric
         "test_runs": 1,                            # repeat the test with seeds seed..seed+N-1
-        "test_bf16": False,                        # bfloat16 autocast in test.py (CUDA, or CPUs with AVX512-BF16)
-        "test_compile": False,                     # torch.compile (inductor) the backbone and heads in test.py (opt-in: compiling takes minutes)
+        "test_bf16": False,                        # bfloat16 autocast in test.py (CUDA, or CPUs with
+                                                   # AVX512-BF16)
+        "test_compile": False,                     # torch.compile (inductor) the backbone and the heads in
+                                                   # test.py (opt-in); the first clips of each shape
+                                                   # compile (minutes on CPU), the time is logged
         # ---- model -------------------------------------------------------------------
-        "backbone_weights": "pretrain_model/resnet50_v2.pth",   # 'none' = random backbone (R)
+        "backbone_weights": "pretrain_model/resnet50_v2.pth",   # resnet50_v2.pth path, or 'none' for a
+                                                                # random backbone (R)
         # ---- run ---------------------------------------------------------------------
-        "seed": 42,                                # (R)
-        "device": "auto",                          # auto | cpu | cuda | cuda:N
-        "output_dir": "runs",                      # run directories are created in here
-        "run_name": "",                            # default: <dataset>_group<G>
-        "save_every": 10,                          # periodic checkpoint every N epochs
-        "periodic_checkpoint_full": False,         # epoch_NNN.pth: false = weights only (as the authors'), true = resumable
+        "seed": 42,                                # random seed (R)
+        "device": "auto",                          # auto | cpu | cuda | cuda:N (auto: cuda if available)
+        "output_dir": "runs",                      # where run directories are created
+        "run_name": "",                            # run directory name (empty: <dataset>_group<G>)
+        "save_every": 10,                          # periodic checkpoint epoch_NNN.pth every N epochs
+        "periodic_checkpoint_full": False,         # epoch_NNN.pth holds the full training state
+                                                   # (resumable) instead of the weights, config and epoch
+                                                   # only (as the authors'; 528 MB instead of 1395 MB at
+                                                   # 240x424)
         "checkpoint_every_iters": 200,             # also refresh last.pth every N iterations (0: off)
-        "validate_every": 1,                       # validation every N epochs
+        "validate_every": 1,                       # validate every N epochs
         "log_every": 10,                           # TensorBoard scalars every N iterations
     }
 )
@@ -171,6 +195,41 @@ def check_image_size(image_size: Any, *, error: type[Exception] = ConfigError) -
             raise error(f"image_size={height},{width}: the {side_name} {side} must be a multiple of "
                         f"{FEATURE_STRIDE} and at least {MIN_IMAGE_SIDE} (e.g. 240,424 or 64,112)")
     return height, width
+
+
+RUN_DEFINING_MARK = "(R)"
+
+
+def key_help() -> dict:
+    """``{key: help text}`` from the comments of ``DEFAULTS`` in this file (the one source of the
+    options' help): the comment after the key, continued by comment lines below it at the same
+    column; the run-defining mark (R) left out."""
+    with open(__file__, encoding="utf-8") as f:
+        tokens = list(tokenize.generate_tokens(f.readline))
+    texts: dict = {}
+    key, key_line, column, depth, inside = None, 0, None, 0, False
+    for index, token in enumerate(tokens):
+        if token.type == tokenize.NAME and token.string == "DEFAULTS" and tokens[index + 1].string == "=":
+            inside = True
+        if not inside:
+            continue
+        if token.type == tokenize.OP and token.string in "([{":
+            depth += 1
+        elif token.type == tokenize.OP and token.string in ")]}":
+            depth -= 1
+            if depth == 0:
+                break
+        elif token.type == tokenize.STRING and depth == 2 and tokens[index + 1].string == ":":
+            key, key_line, column = ast.literal_eval(token.string), token.start[0], None
+        elif token.type == tokenize.COMMENT and key is not None:
+            text = token.string.lstrip("#").strip()
+            if token.start[0] == key_line:
+                texts[key], column = text, token.start[1]
+            elif token.start[1] == column:
+                texts[key] += " " + text
+            else:
+                column = None                  # a comment about the next keys
+    return {k: v.replace(RUN_DEFINING_MARK, "").strip() for k, v in texts.items()}
 
 
 def get_config() -> EasyDict:
@@ -254,7 +313,7 @@ def _check_value_type(key: str, value: Any, default: Any) -> Any:
     )
 
 
-def _unknown_key(key: str) -> ConfigError:
+def unknown_key_error(key: str) -> ConfigError:
     valid = ", ".join(sorted(DEFAULTS))
     return ConfigError(f"unknown config key {key!r}; valid keys are: {valid}")
 
@@ -263,31 +322,33 @@ def update_config(cfg: EasyDict, values: Mapping[str, Any]) -> EasyDict:
     """Set python ``values`` on ``cfg`` (in place) with the same strict checks, then validate."""
     for key, value in values.items():
         if key not in DEFAULTS:
-            raise _unknown_key(key)
+            raise unknown_key_error(key)
         cfg[key] = _check_value_type(key, value, DEFAULTS[key])
     validate_config(cfg)
     return cfg
 
 
+def parse_assignment(item: str) -> tuple:
+    """``(key, typed value)`` of one ``key=value`` override (ConfigError: not of that form, unknown key,
+    wrong type)."""
+    if "=" not in item:
+        raise ConfigError(f"config override {item!r} is not of the form key=value")
+    key, text = (part.strip() for part in item.split("=", 1))
+    if key not in DEFAULTS:
+        raise unknown_key_error(key)
+    return key, parse_override(key, text, DEFAULTS[key])
+
+
 def apply_overrides(cfg: EasyDict, overrides: Iterable[str]) -> EasyDict:
     """Apply ``key=value`` strings to ``cfg`` (in place), parse by the default's type, validate."""
-    parsed = {}
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"config override {item!r} is not of the form key=value")
-        key, text = item.split("=", 1)
-        key = key.strip()
-        if key not in DEFAULTS:
-            raise _unknown_key(key)
-        parsed[key] = parse_override(key, text, DEFAULTS[key])
-    return update_config(cfg, parsed)
+    return update_config(cfg, dict(parse_assignment(item) for item in overrides))
 
 
 def validate_config(cfg: Mapping[str, Any]) -> None:
     """Raise ConfigError if a value or a combination of values is invalid."""
     unknown = sorted(set(cfg) - set(DEFAULTS))
     if unknown:
-        raise _unknown_key(unknown[0])
+        raise unknown_key_error(unknown[0])
     missing = sorted(set(DEFAULTS) - set(cfg))
     if missing:
         raise ConfigError(f"config is missing keys: {', '.join(missing)}")
@@ -434,4 +495,4 @@ def load_config_file(path: str) -> EasyDict:
 
 def dataset_root(cfg: Mapping[str, Any]) -> str:
     """The data root of the configured dataset."""
-    return cfg["youtube_vis_root"] if cfg["dataset"] == "youtube_vis" else cfg["minivspw_root"]
+    return cfg[DATASET_ROOT_KEYS[cfg["dataset"]]]

@@ -16,11 +16,11 @@ import sys
 from typing import Any, Callable, Mapping, Optional, Sequence, Tuple, Type
 
 from config import ConfigError, get_config, update_config
-from config.cli import add_config_arguments, explicit_values
+from config.cli import add_config_arguments, add_config_option, explicit_values
 from utils.checkpoint import CheckpointError
 from utils.runtime import EXIT_INTERRUPTED, UserError, run_cli
 
-__all__ = ["script_parser", "add_config_arguments", "explicit_values", "resolve_config", "user_error_types",
+__all__ = ["script_parser", "add_config_arguments", "add_config_option", "explicit_values", "resolve_config", "user_error_types",
            "run", "HelpFormatter"]
 
 EXAMPLE_COMMANDS = ("python", "torchrun")       # docstring lines starting with these are --help examples
