@@ -11,21 +11,14 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
-import secrets
 import shutil
 from typing import Any, Callable
 
+from .tempnames import remove_temporaries
+from .tempnames import temp_path as _temp_path
+
 __all__ = ["atomic_copy", "atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_torch_save",
            "remove_stale_temporaries", "unwritable_reason"]
-
-_TEMP_NAME = re.compile(r"^\..+\.tmp\d+_[0-9a-f]{8}$")     # .<name>.tmp<pid>_<8 hex digits>
-
-
-def _temp_path(directory: str, name: str) -> str:
-    """A fresh hidden temporary name next to the destination `name` (matches _TEMP_NAME)."""
-    return os.path.join(directory, f".{name}.tmp{os.getpid()}_{secrets.token_hex(4)}")
-
 
 def remove_stale_temporaries(directory: str) -> list:
     """Delete the temporaries that writes killed mid-way (kill -9) left in `directory`; returns their names.
@@ -35,12 +28,12 @@ def remove_stale_temporaries(directory: str) -> list:
     the moment of the deletion, which is refused (RunLockError, naming the holder's pid and
     host) while another process holds it.
     """
-    from .runlock import RunLock, held_run_lock  # noqa: WPS433 - runlock imports this module (and torch)
+    from .runlock import RunLock, held_run_lock  # noqa: WPS433 - runlock imports torch (utils.runtime)
 
     if held_run_lock(directory) is not None:
-        return _remove_temporaries(directory)
+        return remove_temporaries(directory)
     with RunLock(directory):
-        return _remove_temporaries(directory)
+        return remove_temporaries(directory)
 
 
 def unwritable_reason(directory: str) -> "str | None":
@@ -59,13 +52,6 @@ def unwritable_reason(directory: str) -> "str | None":
     if not os.access(path, os.W_OK | os.X_OK):
         return f"no permission to create files in {path!r}"
     return None
-
-
-def _remove_temporaries(directory: str) -> list:
-    stale = sorted(name for name in os.listdir(directory) if _TEMP_NAME.match(name))
-    for name in stale:
-        os.unlink(os.path.join(directory, name))
-    return stale
 
 
 def _fsync_directory(directory: str) -> None:

@@ -34,8 +34,8 @@ import threading
 import time
 from typing import Any, Dict, List, Optional
 
-from . import fileio
 from .runtime import UserError
+from .tempnames import remove_temporaries
 
 __all__ = ["LOCK_FILE", "RunLock", "RunLockError", "held_run_lock", "read_holder"]
 
@@ -175,7 +175,7 @@ class RunLock:
         """Delete the temporaries that killed writes left in the run directory; returns their names."""
         if not self.held:
             raise RuntimeError(f"remove_stale_temporaries: the lock of {self.run_dir!r} is not held")
-        return fileio.remove_stale_temporaries(self.run_dir)
+        return remove_temporaries(self.run_dir)
 
     def __enter__(self) -> "RunLock":
         return self.acquire()
