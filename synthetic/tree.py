@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from typing import Sequence
 
 import cv2
@@ -67,14 +68,18 @@ def _commit_root(staging: str, root: str, params: dict) -> None:
 
 
 @contextlib.contextmanager
-def staged_tree(staging: str, root: str, params: dict):
-    """Build the tree in ``staging``; on success move it to ``root``, on any failure delete it."""
+def staged_tree(staging: str, root: str, params: dict, description: str):
+    """Build the tree in ``staging``; on success move it to ``root`` and log "wrote <description> <root>
+    (<videos> videos) in <s> s" (the block sets ``videos`` in the dict it gets), on any failure delete it."""
+    start, report = time.perf_counter(), {"videos": 0}
     try:
-        yield
+        yield report
         _commit_root(staging, root, params)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    logger.info("wrote %s %s (%d videos) in %.1f s", description, root, report["videos"],
+                time.perf_counter() - start)
 
 
 def write_jpeg(path: str, image_rgb: np.ndarray) -> None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import logging
 import os
-import time
 from typing import Sequence
 
 import numpy as np
@@ -16,7 +14,6 @@ from utils.fileio import atomic_write_json, atomic_write_text
 from .scene import BACKGROUND_PAN_PX, class_look, pixel_grid, plan_video, render_background, render_frame
 from .tree import check_frame_size, prepare_root, staged_tree, write_jpeg, write_png
 
-logger = logging.getLogger(__name__)
 
 # MiniVSPW classes (VSPW ids) of the TTI split, and background "stuff" ids used in masks.
 VSPW_CLASS_NAMES = {
@@ -54,8 +51,7 @@ def write_synthetic_vspw(root: str, seed: int = 0, *, val_videos_per_class: int 
     staging = prepare_root(root, params, overwrite)
     if staging is None:
         return root
-    start = time.perf_counter()
-    with staged_tree(staging, root, params):
+    with staged_tree(staging, root, params, "synthetic VSPW dataset") as report:
         rng = np.random.default_rng(seed)
         class_ids = sorted(VSPW_CLASS_NAMES)
         looks = [class_look(i) for i in range(len(class_ids))]
@@ -99,8 +95,7 @@ def write_synthetic_vspw(root: str, seed: int = 0, *, val_videos_per_class: int 
                 label_names[class_name] = class_id
         ordered = dict(sorted(label_names.items(), key=lambda item: item[1]))
         atomic_write_json(os.path.join(staging, "label_num_dic_final.json"), ordered, indent=1)
+        report["videos"] = len(jobs)
         if write_lists:
             generate_lists(staging, workers=1, show_progress=False)
-    logger.info("wrote synthetic VSPW dataset %s (%d videos) in %.1f s", root, len(jobs),
-                time.perf_counter() - start)
     return root

@@ -6,9 +6,7 @@ absent in a frame have ``null`` segmentations, so readers meet every encoding of
 
 from __future__ import annotations
 
-import logging
 import os
-import time
 from typing import Sequence
 
 import cv2
@@ -21,7 +19,6 @@ from utils.fileio import atomic_write_json
 from .scene import BACKGROUND_PAN_PX, class_look, pixel_grid, plan_video, render_background, render_frame
 from .tree import check_frame_size, prepare_root, staged_tree, write_jpeg
 
-logger = logging.getLogger(__name__)
 
 ENCODING_WEIGHTS = {"rle_uncompressed": 0.4, "rle_compressed": 0.4, "polygon": 0.2}
 FRAME_STEP = 5                    # YouTube-VIS names every 5th frame of the source video
@@ -95,8 +92,7 @@ def write_synthetic_youtube_vis(root: str, seed: int = 0, *, videos_per_class: i
     staging = prepare_root(root, params, overwrite)
     if staging is None:
         return root
-    start = time.perf_counter()
-    with staged_tree(staging, root, params):
+    with staged_tree(staging, root, params, "synthetic YouTube-VIS dataset") as report:
         rng = np.random.default_rng(seed)
         looks = [class_look(i) for i in range(num_categories)]
         frames_dir = os.path.join(staging, "train", "JPEGImages")
@@ -144,8 +140,7 @@ def write_synthetic_youtube_vis(root: str, seed: int = 0, *, videos_per_class: i
                          "seed": int(seed)},
                 "licenses": [], "videos": videos, "annotations": annotations, "categories": categories}
         atomic_write_json(os.path.join(staging, "train", "train.json"), data, indent=None)
-    logger.info("wrote synthetic YouTube-VIS dataset %s (%d videos) in %.1f s", root, len(videos),
-                time.perf_counter() - start)
+        report["videos"] = len(videos)
     return root
 
 
