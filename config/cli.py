@@ -10,12 +10,14 @@ with the default's type: lists as ``--image-size 240 424`` or ``--image-size 240
 ``true``/``false`` (also yes/no, on/off, 1/0). The authors' names (:mod:`config.aliases`) are
 further spellings of the same options; names with no counterpart here fail with an explanation.
 ``--data-root DIR`` sets the root of the configured dataset. A key given twice with different
-values (an alias and the key, two aliases, an option and a ``key=value`` override) is a
-ConfigError naming both, never a silent choice.
+values (an alias and the key, two aliases, an option and a ``key=value`` override, two
+``key=value`` overrides) is a ConfigError naming both, never a silent choice; a value given in
+``--config FILE`` and on the command line takes the command line's, with a log line.
 """
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
@@ -25,6 +27,8 @@ from .config import (DATASET_NAMES, DATASET_ROOT_KEYS, DEFAULTS, ConfigError, ke
 
 __all__ = ["add_config_arguments", "add_config_option", "config_values_from_args", "explicit_values", "alias_table_markdown",
            "option_names", "KEY_HELP"]
+
+logger = logging.getLogger("config")
 
 GIVEN_ATTR = "config_options_given"        # namespace attribute: [(option string, _Spec, text)]
 DATA_ROOT_OPTION = "--data-root"
@@ -258,23 +262,28 @@ def config_values_from_args(args: argparse.Namespace, dataset: Optional[str] = N
 
 def explicit_values(args: argparse.Namespace) -> Dict[str, Any]:
     """Config values given on the command line: ``--config FILE``, then the options and the
-    ``key=value`` overrides over it. Options must agree with each other and with the overrides
-    where they name the same key; among ``key=value`` overrides the last one of a key wins."""
+    ``key=value`` overrides over it. A key given twice on the command line (options, overrides, or
+    both) must have one value (ConfigError naming both otherwise); a command-line value that replaces
+    the config file's is logged."""
     values: Dict[str, Any] = {}
     config_path = getattr(args, "config", None)
     if config_path:
         values.update(read_config_file(config_path))
     by_key: Dict[str, List[Tuple[str, Any]]] = {}
-    override_dataset = None
     for item in getattr(args, "overrides", None) or []:
         key, value = parse_assignment(item)
-        by_key[key] = [(item, value)]      # a later key=value replaces an earlier one (scripts append to base lists)
-        if key == "dataset":
-            override_dataset = value
+        by_key.setdefault(key, []).append((item, value))
+    override_dataset = _single(by_key, "dataset")
     dataset = override_dataset or values.get("dataset")
     for key, entries in _collect(getattr(args, GIVEN_ATTR, None) or [], dataset).items():
         by_key.setdefault(key, []).extend(entries)
-    values.update({key: _single(by_key, key) for key in by_key})
+    given = {key: _single(by_key, key) for key in by_key}
+    for key, value in given.items():
+        if key in values and values[key] != value:
+            logger.warning("%s=%s from the config file %s is replaced by the command line's %s", key,
+                           _show_default(values[key]).replace(" ", ","), config_path,
+                           _show_default(value).replace(" ", ","))
+    values.update(given)
     return values
 
 

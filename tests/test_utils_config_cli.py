@@ -150,5 +150,17 @@ def test_readme_holds_the_current_alias_table():
     assert alias_table_markdown() in readme
 
 
-def test_a_later_key_value_override_replaces_an_earlier_one():
-    assert given("epochs=2", "episodes_per_class=1", "episodes_per_class=3") == {"epochs": 2, "episodes_per_class": 3}
+def test_a_key_value_override_given_twice_must_repeat_its_value():
+    with pytest.raises(ConfigError) as err:               # the last one used to win silently
+        given("epochs=2", "episodes_per_class=1", "episodes_per_class=3")
+    assert "'episodes_per_class': episodes_per_class=1 and episodes_per_class=3" in str(err.value)
+    assert given("epochs=2", "epochs=2") == {"epochs": 2}   # the same value twice is no conflict
+
+
+def test_the_command_line_replaces_a_config_file_value_with_a_log_line(tmp_path, caplog):
+    path = tmp_path / "c.yaml"
+    path.write_text("epochs: 7\nlr: 0.1\n")
+    with caplog.at_level("WARNING", logger="config"):
+        assert given("--config", str(path), "epochs=5", "--lr", "0.1") == {"epochs": 5, "lr": 0.1}
+    assert [r.getMessage() for r in caplog.records] == [
+        f"epochs=7 from the config file {path} is replaced by the command line's 5"]
