@@ -148,3 +148,13 @@ def test_bad_config_values(data, tmp_path, capsys, override, fragment):
     for script in (train, test_script):
         msg = error_of(script, ["--data-root", data, "--output-dir", tmp_path, override], capsys)
         assert fragment in msg
+
+
+def test_stop_after_zero_is_refused_before_anything_is_written(tmp_path, capsys):
+    # it used to train one step and save a full last.pth
+    argv = ["--data-root", tmp_path / "no_data", "--device", "cpu", "--backbone-weights", "none",
+            "--output-dir", tmp_path / "runs", "--stop-after", "0"]
+    assert run(train, argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --stop-after 0: expected a number of optimizer steps >= 1") and err.count("\n") == 1
+    assert not (tmp_path / "runs").exists()

@@ -174,6 +174,9 @@ def run_training(values: Mapping[str, Any], *, resume: bool = False, resume_from
     ``values`` are explicit config values (vipmt.cli.explicit_values). Returns the exit status:
     0, 1 when training failed, 130 when interrupted (last.pth saved).
     """
+    if stop_after is not None and stop_after < 1:
+        raise UserError(f"--stop-after {stop_after}: expected a number of optimizer steps >= 1 (the run stops, "
+                        f"saving last.pth, once that many steps are done in total)")
     cfg = resolve_config({}, values)
     checkpoint_path = None
     if resume or resume_from:
