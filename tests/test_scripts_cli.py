@@ -65,3 +65,11 @@ def test_help_runs_as_a_command():
     done = subprocess.run([sys.executable, "train.py", "--group", "1", "--batch_size", "4", "--help"], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "--resume-from CHECKPOINT" in done.stdout and not done.stderr
+
+
+def test_key_values_split_by_an_option_are_one_short_error(tmp_path, capsys):
+    # argparse used to print its 24-line usage before "unrecognized arguments: lr=1e-4"
+    assert run(train, ["epochs=2", "--group", "1", "lr=1e-4", "--output-dir", tmp_path]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: lr=1e-4: key=value overrides must stand together") and err.count("\n") == 1
+    assert not list(tmp_path.iterdir())

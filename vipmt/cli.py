@@ -44,12 +44,31 @@ def _examples(doc: str) -> Optional[str]:
     return "examples:\n" + "\n".join(lines) if lines else None
 
 
+class ScriptParser(argparse.ArgumentParser):
+    """argparse, except that ``key=value`` overrides split by an option are one ConfigError line.
+
+    argparse reads one run of positional arguments, so in ``epochs=2 --group 1 lr=1e-4`` the
+    second run is "unrecognized", reported after the whole usage text.
+    """
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, extra = self.parse_known_args(args, namespace)
+        stray = [a for a in extra if "=" in a and not a.startswith("-")]
+        if stray and len(stray) == len(extra):
+            raise ConfigError(f"{' '.join(stray)}: key=value overrides must stand together, all before or all "
+                              f"after the options (an option between them splits them), e.g. "
+                              f"{self.prog} --group 1 lr=1e-4 epochs=5")
+        if extra:
+            self.error(f"unrecognized arguments: {' '.join(extra)}")
+        return parsed
+
+
 def script_parser(doc: str) -> argparse.ArgumentParser:
     """A parser for a script: its description is the first paragraph of the docstring ``doc``, its
     epilog the docstring's example commands; option names must be written out (no abbreviations,
     which would make ``--lr`` and ``--lr-...`` ambiguous as keys are added)."""
-    return argparse.ArgumentParser(description=doc.split("\n\n")[0], epilog=_examples(doc),
-                                   formatter_class=HelpFormatter, allow_abbrev=False)
+    return ScriptParser(description=doc.split("\n\n")[0], epilog=_examples(doc), formatter_class=HelpFormatter,
+                        allow_abbrev=False)
 
 
 def resolve_config(base: Mapping[str, Any], values: Mapping[str, Any]):
