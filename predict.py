@@ -39,7 +39,6 @@ logger = logging.getLogger("predict")
 
 OVERLAY_COLOR_RGB = np.array([255, 0, 0], dtype=np.float32)   # red
 OVERLAY_ALPHA = 0.5
-OUTPUT_NAMES = ("masks", "overlay.mp4", "predictions.json")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -37,11 +37,10 @@ from einops import rearrange
 from imgaug.augmentables.segmaps import SegmentationMapsOnImage
 
 from config import DEFAULTS, check_image_size
+from utils.visualize import IMAGENET_MEAN, IMAGENET_STD     # the one home of the normalisation statistics
 
 from .errors import DatasetError
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 PIXEL_MAX = 255.0
 
 CROP_PERCENT = (0.0, 0.1)

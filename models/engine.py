@@ -78,10 +78,6 @@ class MemoryFrame:
         return SupportEncoding(object=self.object, prototypes=self.prototypes, features=self.features,
                                tokens=tokens[None, None])
 
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.object, self.prototypes, self.features,
-                                                           self.object_tokens))
-
 
 def check_video(frames: torch.Tensor, support_img: torch.Tensor, support_mask: torch.Tensor) -> None:
     """One clear ModelError for a video tensor or supports of the wrong shape."""
@@ -208,7 +204,3 @@ class VideoSession:
         self.memory_pool.extend(MemoryFrame.pack(encoded.select([i])) for i in range(masks.shape[1]))
         if self.segmenter.memory_pool_size > 0:
             del self.memory_pool[:-self.segmenter.memory_pool_size]
-
-    def memory_nbytes(self) -> int:
-        """Bytes held by the memory pool."""
-        return sum(m.nbytes() for m in self.memory_pool)
