@@ -61,7 +61,7 @@ DATASET_ROOT_KEYS = {"youtube_vis": "youtube_vis_root", "minivspw": "minivspw_ro
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 ENVIRONMENT_KEY = "environment"   # config files' record of what ran: not a setting, dropped on read
 NUM_FOLDS = 4
-FEATURE_STRIDE = 8          # the network's output stride (models.heads.OUTPUT_STRIDE): sides are multiples
+FEATURE_STRIDE = 8          # the network's output stride (models.heads.OUTPUT_STRIDE is this): sides are multiples
 MIN_IMAGE_SIDE = 64          # 8 feature cells: the score head and the attention stride features by 4
 
 

@@ -18,12 +18,14 @@ from dataclasses import dataclass
 import torch
 from einops import rearrange
 
+from config import DEFAULTS
+
 from .errors import ModelError
 from .vipmt import VIPMT, SupportEncoding
 
-CLIP_LENGTH = 5
-MEMORY_THRESHOLD = 0.8
-MEMORY_SIZE = 5
+CLIP_LENGTH = DEFAULTS.clip_length            # the engine's defaults are config/config.py's
+MEMORY_THRESHOLD = DEFAULTS.memory_threshold
+MEMORY_SIZE = DEFAULTS.memory_size
 MEMORY_POOL_ALL = 0      # memory_pool_size meaning "every reliable frame stays a candidate" (the authors')
 
 

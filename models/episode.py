@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from config import DEFAULTS
+
 from .engine import draw_memory
 
 
@@ -25,7 +27,7 @@ class ClipPlan:
     memory: list      # earlier query frame indices used as memory (empty for clip 1)
 
 
-def plan_episode(num_frames: int, clip_length: int = 5, memory_size: int = 5,
+def plan_episode(num_frames: int, clip_length: int = DEFAULTS.clip_length, memory_size: int = DEFAULTS.memory_size,
                  generator: torch.Generator | None = None) -> list[ClipPlan]:
     """Cut `num_frames` into clips and draw each clip's memory frames from all earlier frames
     (`draw_memory`: one randperm from `generator` per clip with more than `memory_size`)."""

@@ -6,6 +6,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from config.config import FEATURE_STRIDE
+
 from .backbone import LEVEL_CHANNELS
 
 NUM_CLASSES = 2            # background, object
@@ -13,7 +15,7 @@ CLASSIFIER_DROPOUT = 0.1
 SCORE_CHANNELS = 256
 SCORE_HIDDEN = 1024
 PFE_CHANNELS = 5
-OUTPUT_STRIDE = 8
+OUTPUT_STRIDE = FEATURE_STRIDE      # the network's output stride; config's image-size rule uses it
 UPSAMPLE_KERNEL = 9
 
 
