@@ -27,14 +27,14 @@ from utils.metrics import FewShotEvaluator, jaccard
 from utils.runtime import UserError, resolve_device, seed_everything
 from utils.visualize import save_video_visualisation
 
-from .build import (BEST_CHECKPOINT, TrainingData, amp_autocast, backbone_weights_path, build_model, build_split,
-                    require_dataset, run_directory)
+from .build import (BEST_CHECKPOINT, CONFIG_FILE, TrainingData, amp_autocast, backbone_weights_path, build_model,
+                    build_split, require_dataset, run_directory)
 from .cli import resolve_config
 from .loading import LoadedModel, load_trained_model
 
 __all__ = ["METRICS", "RESULTS_FOLDER", "metric_names", "results_path", "check_output_locations", "make_segmenter",
            "COMPILED_MODULES", "check_compiler", "compile_model", "compile_seconds", "AllBackground", "model_under_test",
-           "evaluate_split", "aggregate", "format_table", "run_test", "validate_episodes"]
+           "evaluate_split", "aggregate", "format_table", "run_test", "validate_episodes", "checkpoint_to_test"]
 
 logger = logging.getLogger(__name__)
 
@@ -112,13 +112,18 @@ class AllBackground:
                                score=torch.zeros(frames))
 
 
+def checkpoint_to_test(cfg, checkpoint: Optional[str]) -> str:
+    """``--checkpoint`` as given, else the run's ``best.pth`` (``<output_dir>/<run_name>/best.pth``)."""
+    return checkpoint or os.path.join(run_directory(cfg), BEST_CHECKPOINT)
+
+
 def model_under_test(values: Mapping[str, Any], *, checkpoint: Optional[str], trusted: bool = False):
     """(config, LoadedModel) for ``checkpoint``: a path, None (the run's best.pth) or 'none' (untrained).
 
     The model's image size is the checkpoint's unless ``values`` sets image_size.
     """
     cfg = resolve_config({}, values)
-    path = checkpoint or os.path.join(run_directory(cfg), BEST_CHECKPOINT)
+    path = checkpoint_to_test(cfg, checkpoint)
     if path.lower() == "none":
         logger.warning("testing an UNTRAINED model (--checkpoint none)")
         seed_everything(cfg.seed)                 # the same initial weights as train.py's
@@ -255,13 +260,13 @@ def results_path(cfg, checkpoint: Optional[str]) -> str:
     the checkpoint's own folder when it is one of ours (``config.yaml`` beside it), otherwise
     ``<output_dir>/<run_name>`` of the config (an authors' file, or ``--checkpoint none``).
     """
-    path = checkpoint or os.path.join(run_directory(cfg), BEST_CHECKPOINT)
+    path = checkpoint_to_test(cfg, checkpoint)
     if path.lower() == "none":
         name, folder = "untrained", run_directory(cfg)
     else:
         name = os.path.splitext(os.path.basename(path))[0]
         folder = os.path.dirname(os.path.abspath(path))
-        if not os.path.isfile(os.path.join(folder, "config.yaml")):
+        if not os.path.isfile(os.path.join(folder, CONFIG_FILE)):
             folder = run_directory(cfg)
     last_seed = cfg.seed + cfg.test_runs - 1
     seeds = f"seed{cfg.seed}" if cfg.test_runs == 1 else f"seeds{cfg.seed}-{last_seed}"
