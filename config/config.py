@@ -29,6 +29,7 @@ from typing import Any, Iterable, Mapping
 from easydict import EasyDict
 
 from utils.fileio import atomic_write_text
+from utils.plain import plain_data
 from utils.provenance import environment_info
 
 __all__ = [
@@ -418,15 +419,7 @@ def _show(value: Any) -> str:
 
 def config_to_dict(cfg: Mapping[str, Any]) -> dict:
     """A plain, JSON/YAML-serialisable dict copy (tuples become lists)."""
-
-    def plain(v: Any) -> Any:
-        if isinstance(v, Mapping):
-            return {str(k): plain(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [plain(x) for x in v]
-        return v
-
-    return plain(cfg)
+    return plain_data(cfg)
 
 
 def dump_config(cfg: Mapping[str, Any], fmt: str = "yaml") -> str:

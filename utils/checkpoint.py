@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from .fileio import atomic_torch_save
+from .plain import plain_data
 from .provenance import environment_info
 
 __all__ = [
@@ -193,10 +194,10 @@ def _layout(contents: str, *, model: torch.nn.Module, epoch: int, config: Option
         "contents": contents,
         "state_dict": _cpu_state_dict(model),
         "epoch": int(epoch),
-        "config": _plain(config) if config is not None else None,
+        "config": plain_data(config) if config is not None else None,
         "best_metric": None if best_metric is None else float(best_metric),
         "best_epoch": None if best_epoch is None else int(best_epoch),
-        "metrics": _plain(metrics) if metrics is not None else {},
+        "metrics": plain_data(metrics) if metrics is not None else {},
     }
 
 
@@ -207,17 +208,6 @@ def _cpu_state_dict(model: torch.nn.Module) -> "OrderedDict[str, torch.Tensor]":
 def is_resumable(ckpt: Mapping[str, Any]) -> bool:
     """True for our full checkpoints (optimizer state present); False for weights-only and others."""
     return is_our_checkpoint(ckpt) and ckpt.get("optimizer") is not None
-
-
-def _plain(value: Any) -> Any:
-    """Plain containers only (EasyDict -> dict, tuple -> list) so weights_only loading works."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    return value
 
 
 # ---- loading -----------------------------------------------------------------------------

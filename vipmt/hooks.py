@@ -30,6 +30,7 @@ from tqdm import tqdm
 from utils import distributed as du
 from utils.checkpoint import CheckpointError, load_model_state, save_checkpoint, save_weights
 from utils.fileio import atomic_copy, atomic_write_text
+from utils.plain import plain_data
 
 from .build import BEST_CHECKPOINT, LAST_CHECKPOINT, METRICS_FILE, TENSORBOARD_DIR
 from .loading import CHECKPOINT_HINT
@@ -241,20 +242,9 @@ class CheckpointHook(HookBase):
         du.barrier()
 
 
-def _json_value(value: Any) -> Any:
-    """JSON has no nan/inf: non-finite floats become null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {str(k): _json_value(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_value(v) for v in value]
-    return value
-
-
 def metrics_line(record: Mapping[str, Any]) -> str:
     """One epoch's history record as a line of ``metrics.jsonl``."""
-    return json.dumps(_json_value(record)) + "\n"
+    return json.dumps(plain_data(record, finite_only=True)) + "\n"
 
 
 class MetricsFileHook(HookBase):
