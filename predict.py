@@ -32,13 +32,13 @@ from config.config import DEFAULTS
 from utils.fileio import atomic_write_json, unwritable_reason
 from utils.runtime import UserError, reuse_freed_memory
 from utils.video import VideoWriter
+from utils.visualize import tint
 from vipmt.cli import run
 from vipmt.predictor import FrameResult, Predictor, open_video, prepare_supports
 
 logger = logging.getLogger("predict")
 
-OVERLAY_COLOR_RGB = np.array([255, 0, 0], dtype=np.float32)   # red
-OVERLAY_ALPHA = 0.5
+OVERLAY_COLOR_RGB = (255, 0, 0)   # red
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,11 +118,8 @@ def write_outputs(out_dir: str, results: Iterable[FrameResult], fps: float, meta
 
 
 def overlay(frame_rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """RGB uint8 frame with the object tinted (for the overlay video)."""
-    out = frame_rgb.astype(np.float32)
-    on = mask > 0
-    out[on] = (1 - OVERLAY_ALPHA) * out[on] + OVERLAY_ALPHA * OVERLAY_COLOR_RGB
-    return out.astype(np.uint8)
+    """RGB uint8 frame with the object tinted (for the overlay video), as test.py's overlays."""
+    return tint(frame_rgb, mask, OVERLAY_COLOR_RGB)
 
 
 def main(argv: Sequence[str]) -> int:

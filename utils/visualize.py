@@ -15,7 +15,7 @@ import numpy as np
 
 from .fileio import atomic_write_bytes
 
-__all__ = ["denormalize", "overlay_pair", "contact_sheet", "write_image", "save_video_visualisation"]
+__all__ = ["denormalize", "tint", "overlay_pair", "contact_sheet", "write_image", "save_video_visualisation"]
 
 # ImageNet statistics the loaders normalise with: x = (rgb / 255 - mean) / std.
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -36,12 +36,18 @@ def denormalize(image) -> np.ndarray:
     return cv2.cvtColor(np.clip(rgb, 0, 255).astype(np.uint8), cv2.COLOR_RGB2BGR)
 
 
-def _overlay(bgr: np.ndarray, mask: np.ndarray, color) -> np.ndarray:
-    out = bgr.copy()
+def tint(image: np.ndarray, mask: np.ndarray, color) -> np.ndarray:
+    """uint8 ``[H,W,3]`` image with the pixels where ``mask`` (``[H,W]``) is nonzero tinted with ``color``
+    (in the image's channel order) at :data:`FILL_ALPHA`: the one way an object is drawn."""
+    out = image.copy()
     m = mask.astype(bool)
-    tint = np.zeros_like(out)
-    tint[:] = color
-    out[m] = (out[m] * (1 - FILL_ALPHA) + tint[m] * FILL_ALPHA).astype(np.uint8)
+    out[m] = (out[m] * (1 - FILL_ALPHA) + np.asarray(color, dtype=np.float64) * FILL_ALPHA).astype(np.uint8)
+    return out
+
+
+def _overlay(bgr: np.ndarray, mask: np.ndarray, color) -> np.ndarray:
+    out = tint(bgr, mask, color)
+    m = mask.astype(bool)
     contours, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     cv2.drawContours(out, contours, -1, color, 1)
     return out
