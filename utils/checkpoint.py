@@ -342,20 +342,17 @@ def load_model_state(
     model: torch.nn.Module,
     state_dict: Mapping[str, torch.Tensor],
     source: str = "checkpoint",
-    ignore_missing: Iterable[str] = (),
     hint: str = "",
 ) -> None:
     """Load ``state_dict`` into ``model`` strictly; one CheckpointError names every bad key.
 
-    ``module.`` prefixes are removed first. ``ignore_missing`` lists model keys that may be
-    absent from the file (e.g. fixed buffers); anything else missing, unexpected, or with a
-    different shape is an error. ``hint`` is appended to the message.
+    ``module.`` prefixes are removed first; anything missing, unexpected, or with a different
+    shape is an error. ``hint`` is appended to the message.
     """
     target = unwrap_model(model)
     sd = strip_prefix(state_dict)
     own = target.state_dict()
-    ignore = set(ignore_missing)
-    missing = [k for k in own if k not in sd and k not in ignore]
+    missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     wrong_shape = [f"{k} (file {tuple(sd[k].shape)}, model {tuple(own[k].shape)})"
                    for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
@@ -369,8 +366,4 @@ def load_model_state(
             parts.append(f"wrong shape {len(wrong_shape)}: {_names(wrong_shape)}")
         raise CheckpointError(f"{source} does not fit the model: " + "; ".join(parts) + "."
                               + (f" {hint}" if hint else ""))
-    to_load = OrderedDict((k, v) for k, v in sd.items())
-    result = target.load_state_dict(to_load, strict=False)
-    leftover = [k for k in result.missing_keys if k not in ignore]
-    if leftover or result.unexpected_keys:  # pragma: no cover - guarded above
-        raise CheckpointError(f"{source}: could not load {_names(leftover + list(result.unexpected_keys))}")
+    target.load_state_dict(sd)          # strict: every key was checked above
