@@ -352,3 +352,24 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path
     kept = _load(tmp_path / "nan/last.pth")
     assert (kept["epoch"], kept["iteration"]) == (0, 1)      # the checkpoint of step 1 is intact
     assert all(torch.isfinite(v).all() for v in kept["state_dict"].values() if v.is_floating_point())
+
+
+def test_resume_names_a_hand_edited_config_yaml_and_applies_it_only_through_config(straight, tmp_path):
+    common, straight_dir = straight
+    edited = yaml.safe_load((straight_dir / "config.yaml").read_text())
+    edited["lr"] = 1e-3
+    for name in ("ignored", "applied"):                      # finished runs: a resume trains nothing
+        (tmp_path / name).mkdir()
+        os.link(straight_dir / "last.pth", tmp_path / name / "last.pth")
+        (tmp_path / name / "config.yaml").write_text(yaml.safe_dump(edited))
+    # it used to be overwritten without a word
+    assert run(train, common + ["--resume-from", tmp_path / "ignored/last.pth"]) == 0
+    log = (tmp_path / "ignored/train.log").read_text()
+    line = [line for line in log.splitlines() if "differs from the config this resume uses" in line]
+    assert len(line) == 1 and "lr (file 0.001, used 0.0005): not applied (pass --config" in line[0]
+    assert yaml.safe_load((tmp_path / "ignored/config.yaml").read_text())["lr"] == 5e-4
+    applied = tmp_path / "applied/config.yaml"
+    assert run(train, common + ["--resume-from", tmp_path / "applied/last.pth", "--config", applied]) == 0
+    log = (tmp_path / "applied/train.log").read_text()
+    assert "differs from the config" not in log and "lr 0.0005 -> 0.001 (set on the optimizer)" in log
+    assert yaml.safe_load(applied.read_text())["lr"] == 1e-3

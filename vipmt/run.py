@@ -22,7 +22,7 @@ import sys
 import threading
 from typing import Any, Iterator, List, Mapping, Optional, Sequence
 
-from config import OPTIMIZER_KEYS, resume_changes, save_config, update_config
+from config import OPTIMIZER_KEYS, ConfigError, read_config_file, resume_changes, save_config, update_config
 from utils import distributed as du
 from utils.checkpoint import is_resumable, load_checkpoint
 from utils.fileio import unwritable_reason
@@ -162,6 +162,26 @@ def _resolve_resumed_config(values: Mapping[str, Any], ckpt: Mapping[str, Any], 
     return cfg, resume_changes(saved, cfg)
 
 
+def _report_edited_config(path: str, cfg: Mapping[str, Any]) -> None:
+    """A resume rewrites the run directory's config.yaml with the config it uses; say in one line which
+    values of the file it does not use (a hand edit is applied only through ``--config``)."""
+    if not os.path.isfile(path):
+        return
+    try:
+        written = read_config_file(path)
+    except ConfigError as exc:
+        logger.warning("%s is not used and is rewritten: %s", path, exc)
+        return
+    # output_dir / run_name: the directory the file is in decides where the run continues
+    unused = {key: value for key, value in written.items()
+              if value != cfg[key] and key not in ("output_dir", "run_name")}
+    if unused:
+        logger.warning("%s differs from the config this resume uses in %s: not applied (pass --config %s to "
+                       "apply it); the file is rewritten with the values in use", path,
+                       ", ".join(f"{key} (file {value!r}, used {cfg[key]!r})" for key, value in unused.items()),
+                       path)
+
+
 def _describe_changes(changes: Mapping[str, Any]) -> str:
     return ", ".join(f"{key} {old!r} -> {new!r}" + (" (set on the optimizer)" if key in OPTIMIZER_KEYS else "")
                      for key, (old, new) in changes.items())
@@ -226,6 +246,8 @@ def _train_in(run_dir: str, cfg, values: Mapping[str, Any], *, hold: Optional[Ru
         if hold is not None:
             for name in hold.lock.remove_stale_temporaries():
                 logger.info("removed %s (a write interrupted by an earlier crash)", name)
+            if checkpoint_path is not None:
+                _report_edited_config(os.path.join(run_dir, CONFIG_FILE), cfg)
             save_config(cfg, os.path.join(run_dir, CONFIG_FILE))
         logger.info("run directory %s; command: %s", run_dir, " ".join(command))
         if changes:
