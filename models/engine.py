@@ -39,6 +39,8 @@ class VideoPrediction:
 class ClipResult:
     pred: torch.Tensor      # [t,H,W] int64 on the CPU, 1 = object
     score: torch.Tensor     # [t] float32 on the CPU, predicted IoU of each frame
+    probability: torch.Tensor | None = None   # [t,H,W] float32 on the CPU, softmax foreground probability
+                                              # of the logits `pred` is the argmax of (step(..., probabilities=True))
 
 
 def draw_memory(candidates: list, memory_size: int, generator: torch.Generator | None) -> list:
@@ -131,17 +133,20 @@ class VideoSegmenter:
         return self.model.extract_features(images.to(self.device)[None])
 
     @torch.inference_mode()
+    def encode_supports(self, support_img: torch.Tensor, support_mask: torch.Tensor) -> SupportEncoding:
+        """support_img [S,3,H,W] (normalised), support_mask [S,1,H,W] 0/1 -> their encoding (B = 1)."""
+        if support_img.dim() != 4 or support_mask.dim() != 4 or len(support_img) != len(support_mask):
+            raise ModelError(f"expected support_img [S,3,H,W] and support_mask [S,1,H,W]; got "
+                             f"{list(support_img.shape)} and {list(support_mask.shape)}")
+        with self._autocast():
+            return self.model.encode_support(self._features(support_img), support_mask.to(self.device)[None])
+
     def start(self, support_img: torch.Tensor, support_mask: torch.Tensor,
               generator: torch.Generator | None = None) -> "VideoSession":
         """Encode the supports of a video: support_img [S,3,H,W] (normalised), support_mask
         [S,1,H,W] 0/1 -> a session that segments the video's clips in order. `generator` draws
         memory frames when there are too many."""
-        if support_img.dim() != 4 or support_mask.dim() != 4 or len(support_img) != len(support_mask):
-            raise ModelError(f"expected support_img [S,3,H,W] and support_mask [S,1,H,W]; got "
-                             f"{list(support_img.shape)} and {list(support_mask.shape)}")
-        with self._autocast():
-            supports = self.model.encode_support(self._features(support_img), support_mask.to(self.device)[None])
-        return VideoSession(self, supports, generator)
+        return VideoSession(self, self.encode_supports(support_img, support_mask), generator)
 
     def segment(self, frames: torch.Tensor, support_img: torch.Tensor, support_mask: torch.Tensor,
                 generator: torch.Generator | None = None, progress=None) -> VideoPrediction:
@@ -163,7 +168,8 @@ class VideoSegmenter:
 class VideoSession:
     """One video being segmented clip by clip (from `VideoSegmenter.start`).
 
-    Holds the supports' encoding, the memory pool (one `MemoryFrame` per reliable frame, or the
+    Holds the supports' encoding (`supports`: a caller may replace it between steps, e.g. to add
+    an annotated correction), the memory pool (one `MemoryFrame` per reliable frame, or the
     `memory_pool_size` most recent ones) and the previous clip's reliable frames' backbone
     features until the next `step` (the last clip's frames are never encoded: no clip reads
     them). Nothing else of the video is kept.
@@ -177,8 +183,9 @@ class VideoSession:
         self._reliable = None       # (backbone features, predicted masks, tokens) of the last clip's reliable frames
 
     @torch.inference_mode()
-    def step(self, clip_frames: torch.Tensor) -> ClipResult:
-        """The next clip of the video: clip_frames [t,3,H,W] normalised, 1 <= t <= clip_length."""
+    def step(self, clip_frames: torch.Tensor, probabilities: bool = False) -> ClipResult:
+        """The next clip of the video: clip_frames [t,3,H,W] normalised, 1 <= t <= clip_length.
+        probabilities: also return each pixel's foreground probability (ClipResult.probability)."""
         segmenter, model = self.segmenter, self.segmenter.model
         if clip_frames.dim() != 4 or not 1 <= len(clip_frames) <= segmenter.clip_length:
             raise ModelError(f"a clip must be [t,3,H,W] with 1 <= t <= {segmenter.clip_length}, "
@@ -194,7 +201,9 @@ class VideoSession:
                 if keep:
                     self._reliable = ({k: v[:, keep] for k, v in features.items()}, clip.pred[:, keep, None],
                                       clip.query_tokens[:, keep])
-        return ClipResult(pred=clip.pred[0].cpu(), score=clip.score[0].float().cpu())
+        # outside autocast: float32 softmax of the very logits `pred` is the argmax of
+        probability = clip.full_logits[0].float().softmax(dim=1)[:, 1].cpu() if probabilities else None
+        return ClipResult(pred=clip.pred[0].cpu(), score=clip.score[0].float().cpu(), probability=probability)
 
     def _encode_reliable(self) -> None:
         """Encode the previous clip's reliable frames into the pool: a later clip exists now."""

@@ -29,14 +29,15 @@ class UserError(Exception):
     """A problem the user can fix; scripts print ``error: <message>`` and exit 2."""
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """'auto' -> CUDA if available else CPU; 'cuda' -> the GPU of this DDP rank; 'cpu'."""
+def resolve_device(name: str, local_rank: int = 0, advice: str = "use --device cpu") -> torch.device:
+    """'auto' -> CUDA if available else CPU; 'cuda' -> the GPU of this DDP rank; 'cpu'.
+    advice: what the error for CUDA on a machine without it tells the user to do (scripts: the option)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise UserError(f"device {name!r} was requested but CUDA is not available on this "
-                            f"machine; use --device cpu")
+                            f"machine; {advice}")
         if name == "cuda":
             return torch.device("cuda", local_rank)
         index = int(name.split(":", 1)[1])
