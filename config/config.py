@@ -127,6 +127,10 @@ DEFAULTS = EasyDict(
         "memory_pool_size": 0,                     # N > 0: draw memory from the N latest reliable frames
                                                    # only (bounds memory on long videos; 0 = all, the
                                                    # authors')
+        # A user's video can be of any length, so the API bounds memory by default: identical to the
+        # authors' (0) on any video with at most this many reliable frames before its last clip.
+        "predictor_memory_pool_size": 256,         # memory_pool_size of vipmt.Predictor and predict.py
+                                                   # (~2.4-4.8 MB a frame at 240x424; 0 = the authors')
         "vc_window": 7,                            # window length of the VC_n metric
         "test_runs": 1,                            # repeat the test with seeds seed..seed+N-1
         "test_bf16": False,                        # bfloat16 autocast in test.py (CUDA, or CPUs with
@@ -367,7 +371,7 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     for key in positive:
         if cfg[key] < 1:
             raise ConfigError(f"{key}={cfg[key]}: expected a positive integer")
-    for key in ("num_workers", "checkpoint_every_iters", "memory_pool_size"):
+    for key in ("num_workers", "checkpoint_every_iters", "memory_pool_size", "predictor_memory_pool_size"):
         if cfg[key] < 0:
             raise ConfigError(f"{key}={cfg[key]}: expected >= 0")
     if cfg["query_frames"] % cfg["clip_length"] != 0:

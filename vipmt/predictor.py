@@ -2,13 +2,15 @@
 
     from vipmt import Predictor
 
-    predictor = Predictor.from_checkpoint("runs/youtube_vis_group1/best.pth", device="cuda")
+    predictor = Predictor.from_checkpoint("runs/youtube_vis_group1/best.pth")     # device="auto"
     for result in predictor.segment("my_video.mp4", ["cat1.jpg", "cat2.jpg"], ["cat1.png", "cat2.png"]):
         print(result.index, result.score, result.mask.shape)   # mask: uint8 0/1 at the frame's size
 
 The video is read, segmented and handed back one clip at a time (`models.VideoSession`): memory
 holds the current clip, the supports' encoding and the memory frames' encodings, never the
-whole video. Frames are letterboxed to the model's input size with the dataset's
+whole video; the memory pool keeps the 256 most recent reliable frames by default
+(`memory_pool_size`, 0 = the authors' unbounded pool). `Predictor.start` gives a `Session` that
+takes one frame at a time and accepts annotated corrections; `segment_many` runs several videos. Frames are letterboxed to the model's input size with the dataset's
 `TestTransform`, and each predicted mask is mapped back to its frame's original size.
 """
 from __future__ import annotations
@@ -24,13 +26,13 @@ import torch
 
 from config.config import DEFAULTS
 from dataset.transforms import TestTransform, letterbox_geometry
-from models import VIPMT, VideoSegmenter, VideoSession
+from models import VIPMT, SupportEncoding, VideoSegmenter, VideoSession
 from models.vipmt import SHOTS
-from utils.runtime import UserError
+from utils.runtime import UserError, resolve_device
 
 from .loading import load_trained_model
 
-__all__ = ["Predictor", "FrameResult", "InputError", "VideoSource", "open_video", "prepare_supports",
+__all__ = ["Predictor", "Session", "FrameResult", "InputError", "VideoSource", "open_video", "prepare_supports",
            "read_image", "unletterbox"]
 
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -51,6 +53,9 @@ class FrameResult:
     mask: np.ndarray            # uint8 [h, w] at the frame's original size, 1 = object
     score: float                # predicted IoU of the mask (the model's confidence in it)
     frame: np.ndarray | None = None   # the RGB frame [h, w, 3] when segment(..., keep_frames=True)
+    # with return_probabilities=True: float16 [h, w], the softmax foreground probability before
+    # the threshold (mask == (probability > 0.5)), mapped to the frame's size as the mask is
+    probability: np.ndarray | None = None
 
 
 # ------------------------------------------------------------------ images and masks
@@ -63,10 +68,26 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 
 def _check_rgb(image: Any, label: str) -> np.ndarray:
+    if _is_path(image):     # support paths are read before this: a path here is a video frame
+        raise InputError(f"{label} is a path ({os.fspath(image)!r}): a list of frame paths is not accepted as a "
+                         f"video; give the folder that holds the frames (sorted by name) or a video file, or read "
+                         f"the frames into RGB arrays first (vipmt.predictor.read_image)")
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or min(image.shape[:2]) < 1:
-        raise InputError(f"{label} must be an RGB image, uint8 [h, w, 3]; got {image.dtype} {list(image.shape)}")
+        raise InputError(f"{label} must be an RGB image, uint8 [h, w, 3]; got {image.dtype} {list(image.shape)}"
+                         f"{_rgb_hint(image)}")
     return image
+
+
+def _rgb_hint(image: np.ndarray) -> str:
+    """What to do with a common not-quite-RGB array."""
+    if image.ndim == 2:
+        return " (a grayscale image: repeat it into 3 channels, e.g. np.repeat(gray[..., None], 3, axis=2))"
+    if image.ndim == 3 and image.shape[2] == 4:
+        return " (RGBA: drop the alpha channel, image[..., :3])"
+    if image.ndim == 3 and image.shape[2] == 3 and np.issubdtype(image.dtype, np.floating):
+        return " (floats: scale to 0-255 and convert, e.g. (image * 255).round().astype(np.uint8))"
+    return ""
 
 
 def _read_mask(path: str) -> np.ndarray:
@@ -83,9 +104,13 @@ def _binary_mask(mask: Any, label: str, image_label: str, image_shape: tuple) ->
         mask = mask.astype(np.uint8)
     if mask.ndim != 2 or not (np.issubdtype(mask.dtype, np.integer) or np.issubdtype(mask.dtype, np.floating)):
         raise InputError(f"{label} must be a 2-D array [h, w] of 0/1 or 0/255; got {mask.dtype} {list(mask.shape)}")
-    values = set(np.unique(mask).tolist())
-    if not any(values <= allowed for allowed in MASK_VALUES):
-        raise InputError(f"{label} has values {sorted(values)[:6]}; expected 0/255 or 0/1")
+    values = sorted(set(np.unique(mask).tolist()))
+    if not any(set(values) <= allowed for allowed in MASK_VALUES):
+        listed = f"{values[:6]}" if len(values) <= 6 else f"{len(values)} values ({values[0]}..{values[-1]})"
+        hint = ("JPEG compression changes a mask's values: save masks as PNG (lossless)"
+                if label.lower().endswith((".jpg'", ".jpeg'")) else
+                "a mask holds the object as 1 or 255 and the rest as 0: threshold it first, e.g. (mask > 127)")
+        raise InputError(f"{label} has values {listed}; expected 0/255 or 0/1. {hint[0].upper()}{hint[1:]}")
     if mask.shape != image_shape[:2]:
         raise InputError(f"{label} is {mask.shape[1]}x{mask.shape[0]} but {image_label} is "
                          f"{image_shape[1]}x{image_shape[0]}; they must match")
@@ -100,11 +125,11 @@ def _is_path(x: Any) -> bool:
 
 
 def _as_list(items: Any, single_ndim: int, what: str) -> list:
-    """A path, an array (one item if it has `single_ndim` dims, else a stack) or a sequence -> list."""
+    """A path, an array (a stack if it has `single_ndim` + 1 dims, else one item) or a sequence -> list."""
     if _is_path(items):
         return [items]
     if isinstance(items, np.ndarray):
-        return [items] if items.ndim == single_ndim else list(items)
+        return list(items) if items.ndim == single_ndim + 1 else [items]
     if not isinstance(items, Iterable):
         raise InputError(f"{what} must be paths or arrays (one, a list or a stack), got {type(items).__name__}")
     return list(items)
@@ -128,7 +153,9 @@ def prepare_supports(support_images: Any, support_masks: Any) -> tuple[list[np.n
         raise InputError(f"every support image needs a mask: {len(images)} images but {len(masks)} masks "
                          f"(no mask for {', '.join(image_labels[len(masks):])})")
     if len(masks) > len(images):
-        raise InputError(f"{len(masks)} masks for {len(images)} support images; give one mask per image")
+        stacked = (f" (one array {list(support_masks.shape)} is read as a stack of {len(masks)} masks [S, h, w]; "
+                   f"give a list of 2-D masks [h, w])" if isinstance(support_masks, np.ndarray) else "")
+        raise InputError(f"{len(masks)} masks for {len(images)} support images{stacked}; give one mask per image")
     rgb = [read_image(x) if _is_path(x) else _check_rgb(x, label) for x, label in zip(images, image_labels)]
     binary = []
     for i, (mask, image, image_label) in enumerate(zip(masks, rgb, image_labels)):
@@ -220,27 +247,156 @@ def open_video(video: Any) -> VideoSource:
 
 
 def unletterbox(mask: np.ndarray, original: tuple[int, int]) -> np.ndarray:
-    """A [H, W] model-size mask -> uint8 [h, w] at the original frame size (nearest): the
-    inverse of `dataset.transforms.letterbox_image`'s geometry."""
+    """A [H, W] model-size mask (int: -> uint8) or map (float32) -> [h, w] at the original frame
+    size (nearest): the inverse of `dataset.transforms.letterbox_image`'s geometry."""
     h, w = original
     new_h, new_w, top, left = letterbox_geometry(h, w, *mask.shape)
-    crop = mask[top:top + new_h, left:left + new_w].astype(np.uint8)
+    crop = mask[top:top + new_h, left:left + new_w]
+    crop = crop.astype(np.float32 if np.issubdtype(crop.dtype, np.floating) else np.uint8)
     return cv2.resize(crop, (w, h), interpolation=cv2.INTER_NEAREST)
 
 
-def _clips(source: VideoSource, length: int) -> Iterator[list]:
-    """Consecutive clips [(index, name, frame)] of `length` frames (the last may be shorter)."""
-    clip = []
-    for index, (name, frame) in enumerate(source):
-        clip.append((index, name, frame))
-        if len(clip) == length:
-            yield clip
-            clip = []
-    if clip:
-        yield clip
-
-
 # ------------------------------------------------------------------ the predictor
+def _probability_map(probability: np.ndarray, mask: np.ndarray, original: tuple[int, int]) -> np.ndarray:
+    """A model-size float32 foreground probability [H, W] -> float16 [h, w] at the frame's size,
+    with the mask's geometry (nearest), so that `probability > 0.5` is exactly `mask` ([h, w] 0/1).
+
+    float16 rounds probabilities within 2**-12 of 0.5 onto 0.5, and softmax may round a logit
+    margin of a few ulps onto 0.5 too: such pixels are moved to the mask's side of 0.5 by one
+    float16 step (the mask is the model's argmax, which stays the reference).
+    """
+    half = unletterbox(probability, original).astype(np.float16)
+    just_above = np.nextafter(np.float16(0.5), np.float16(1))
+    on = mask > 0
+    half[on & (half <= 0.5)] = just_above
+    half[~on & (half > 0.5)] = np.float16(0.5)
+    return half
+
+
+class Session:
+    """One video segmented frame by frame (from `Predictor.start`): push frames, get results.
+
+        session = predictor.start(support_images, support_masks)
+        for frame in camera:                          # RGB uint8 [h, w, 3]
+            for result in session.add_frame(frame):   # a clip's worth of FrameResults, or []
+                ...
+        results = session.flush()                     # the frames of the last, shorter clip
+
+    Frames are segmented a clip (`clip_length` frames) at a time, exactly as `Predictor.segment`
+    does (which is written on this class): `add_frame` returns [] until a clip is full, then the
+    clip's results. `add_support(frame, mask)` adds an annotated frame (e.g. a corrected mask) as
+    a support of every clip that starts after the call; frames already added keep their results.
+    """
+
+    def __init__(self, predictor: "Predictor", support_images: Any, support_masks: Any, *,
+                 return_probabilities: bool = False, keep_frames: bool = False):
+        images, masks = prepare_supports(support_images, support_masks)
+        self.predictor = predictor
+        self.return_probabilities = return_probabilities
+        self.keep_frames = keep_frames
+        self._supports = predictor.transform(images, masks)     # (images [S,3,H,W], masks [S,1,H,W])
+        self._initial_count = len(images)
+        self._corrections: list = []       # encodings of the added supports, oldest first
+        self._pending: list = []           # (first frame index it applies to, images [1,3,H,W], masks [1,1,H,W])
+        self._engine: VideoSession | None = None
+        self._clip: list = []              # [(index, name, frame)] of the clip being filled
+        self._frames_added = 0
+        self._first_shape: tuple | None = None
+
+    @property
+    def frames_added(self) -> int:
+        return self._frames_added
+
+    @property
+    def memory_pool(self) -> list:
+        """The reliable frames' encodings kept as memory candidates (`models.engine.MemoryFrame`)."""
+        return self._engine.memory_pool if self._engine is not None else []
+
+    def add_frame(self, frame: Any, name: str | None = None) -> list[FrameResult]:
+        """The next frame of the video (RGB uint8 [h, w, 3], of the first frame's size) -> the
+        FrameResults that became ready: the whole clip once it is full, else []."""
+        index = self._frames_added
+        frame = _check_rgb(frame, f"frame {index}")
+        if self._first_shape is None:
+            self._first_shape = frame.shape
+        elif frame.shape != self._first_shape:
+            raise InputError(f"frame {index} is {frame.shape[1]}x{frame.shape[0]} but the first frame is "
+                             f"{self._first_shape[1]}x{self._first_shape[0]}; all frames of a video must have one size")
+        return self._add_checked(frame, name)
+
+    def _add_checked(self, frame: np.ndarray, name: str | None) -> list[FrameResult]:
+        self._clip.append((self._frames_added, name, frame))
+        self._frames_added += 1
+        if len(self._clip) < self.predictor.segmenter.clip_length:
+            return []
+        return self._segment_clip()
+
+    def flush(self) -> list[FrameResult]:
+        """The results of the frames added since the last full clip (a shorter clip), or []."""
+        return self._segment_clip() if self._clip else []
+
+    def add_support(self, frame: Any, mask: Any) -> None:
+        """Add an annotated frame (RGB uint8 [h, w, 3] or a path) with its mask ([h, w] 0/1 or
+        0/255, or a PNG path) as a support of every clip that starts after this call.
+
+        At most 5 supports are used (the model's number of shots): beyond that the oldest added
+        support is replaced; the supports given to `start` are always kept.
+        """
+        room = MAX_SUPPORTS - self._initial_count
+        if room <= 0:
+            raise InputError(f"this session already has {self._initial_count} supports, the most the model uses; "
+                             f"start the session with fewer supports to leave room for added ones")
+        images, masks = prepare_supports([frame], [mask])
+        # the clip being filled holds frames added before this call: the next one is the first to use it
+        first_index = self._frames_added + (len(self._clip) and self.predictor.segmenter.clip_length - len(self._clip))
+        self._pending.append((first_index, *self.predictor.transform(images, masks)))
+
+    def _segment_clip(self) -> list[FrameResult]:
+        clip, self._clip = self._clip, []
+        segmenter = self.predictor.segmenter
+        if self._engine is None:      # supports are encoded once a clip is read: bad frames fail before model work
+            self._engine = segmenter.start(*self._supports, generator=torch.Generator().manual_seed(self.predictor.seed))
+        due = [p for p in self._pending if p[0] <= clip[0][0]]
+        if due:
+            self._pending = [p for p in self._pending if p[0] > clip[0][0]]
+            self._corrections += [segmenter.encode_supports(image, mask) for _, image, mask in due]
+            del self._corrections[:-(MAX_SUPPORTS - self._initial_count)]
+            initial = self._engine.supports.select(list(range(self._initial_count)))
+            self._engine.supports = SupportEncoding.cat([initial, *self._corrections])
+        frames = [frame for _, _, frame in clip]
+        no_mask = np.zeros(frames[0].shape[:2], np.uint8)      # the transform letterboxes masks too
+        images, _ = self.predictor.transform(frames, [no_mask] * len(frames))
+        step = self._engine.step(images, probabilities=self.return_probabilities)
+        results = []
+        for t, (index, name, frame) in enumerate(clip):
+            mask = unletterbox(step.pred[t].numpy(), frame.shape[:2])
+            probability = (_probability_map(step.probability[t].numpy(), mask, frame.shape[:2])
+                           if self.return_probabilities else None)
+            results.append(FrameResult(index=index, name=name, mask=mask, score=float(step.score[t]),
+                                       frame=frame if self.keep_frames else None, probability=probability))
+        return results
+
+
+def _per_video_supports(support_images: Any, support_masks: Any, count: int) -> list[tuple[Any, Any]]:
+    """segment_many's supports: one set for every video, or a list of `count` sets."""
+    def is_sets(items):
+        return isinstance(items, (list, tuple)) and len(items) > 0 and all(
+            isinstance(x, (list, tuple)) for x in items)
+
+    if not is_sets(support_images):
+        if is_sets(support_masks):
+            raise InputError("support masks are given per video (a list of lists) but support images are one set; "
+                             "give both as one set for every video, or both as one set per video")
+        return [(support_images, support_masks)] * count
+    if not is_sets(support_masks) or len(support_masks) != len(support_images):
+        raise InputError("support images are given per video (a list of lists): give the support masks the same "
+                         "way, one list of masks per video")
+    if len(support_images) != count:
+        raise InputError(f"{len(support_images)} sets of supports for {count} videos; give one set per video, "
+                         f"or one set (a list of images) for all of them")
+    return list(zip(support_images, support_masks))
+
+
 class Predictor:
     """Segments videos with a trained VIPMT (see the module docstring for an example).
 
@@ -248,15 +404,19 @@ class Predictor:
         model: a VIPMT with trained weights (on the device it should run on).
         memory_threshold: a frame whose predicted score is >= this becomes a memory candidate.
         memory_size: at most this many memory frames per clip.
-        memory_pool_size: 0 draws memory from every reliable frame so far (the authors'; memory
-            grows by one encoding per reliable frame); N > 0 from the N most recent ones only.
+        memory_pool_size: draw memory from the N most recent reliable frames only. The default,
+            `predictor_memory_pool_size` (256), bounds memory on videos of any length (~2.4-4.8 MB
+            a frame at 240x424: at most ~1.2 GB) and gives the authors' results on any video
+            with at most 256 reliable frames before its last clip; 0 keeps every reliable frame
+            (the authors' pool, test.py's protocol), which grows without bound.
         clip_length: frames segmented together.
         bf16: bfloat16 autocast (CUDA, or CPUs with AVX512-BF16).
-        seed: seed of the memory-frame draws; every `segment` call starts from it.
+        seed: seed of the memory-frame draws; every video (segment call or session) starts from it.
     """
 
     def __init__(self, model: VIPMT, *, memory_threshold: float = DEFAULTS.memory_threshold,
-                 memory_size: int = DEFAULTS.memory_size, memory_pool_size: int = DEFAULTS.memory_pool_size,
+                 memory_size: int = DEFAULTS.memory_size,
+                 memory_pool_size: int = DEFAULTS.predictor_memory_pool_size,
                  clip_length: int = DEFAULTS.clip_length, bf16: bool = DEFAULTS.test_bf16, seed: int = DEFAULTS.seed):
         if not 0.0 <= memory_threshold <= 1.0:
             raise InputError(f"memory_threshold={memory_threshold}: expected a value in [0, 1]")
@@ -268,21 +428,39 @@ class Predictor:
                                         memory_size=memory_size, memory_pool_size=memory_pool_size,
                                         autocast_dtype=torch.bfloat16 if bf16 else None)
         self.transform = TestTransform(model.image_size)
+        self.bf16 = bf16
         self.seed = seed
+        self.checkpoint: str | None = None      # what from_checkpoint loaded, for records
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, *, device: str | torch.device = DEFAULTS.device,
-                        image_size: Sequence[int] | None = None, trusted: bool = False,
-                        memory_threshold: float = DEFAULTS.memory_threshold, memory_size: int = DEFAULTS.memory_size,
-                        memory_pool_size: int = DEFAULTS.memory_pool_size, clip_length: int = DEFAULTS.clip_length,
-                        bf16: bool = DEFAULTS.test_bf16, seed: int = DEFAULTS.seed) -> "Predictor":
+    def from_checkpoint(cls, path: str | os.PathLike, *, device: str | torch.device = "auto",
+                        image_size: Sequence[int] | None = None, clip_length: int | None = None,
+                        memory_size: int | None = None, memory_threshold: float | None = None,
+                        memory_pool_size: int = DEFAULTS.predictor_memory_pool_size,
+                        bf16: bool = DEFAULTS.test_bf16, seed: int = DEFAULTS.seed,
+                        trusted: bool = False) -> "Predictor":
         """A Predictor for the weights in `path` (our checkpoint or the authors' {'state_dict': ...}
-        file, see `vipmt.loading.load_trained_model`). device: 'auto' (CUDA if available), 'cpu',
-        'cuda' or 'cuda:N'; image_size (H, W): default the checkpoint's; trusted: allow pickled
-        objects (files you trust only). The other arguments are the constructor's."""
+        file, see `vipmt.loading.load_trained_model`).
+
+        device: 'auto' (CUDA when available, else the CPU), 'cpu', 'cuda' or 'cuda:N'.
+        image_size (H, W), clip_length, memory_size, memory_threshold: None takes the value the
+        model was trained with (our checkpoint's config), else the default (the authors' files
+        have no config). trusted: allow pickled objects (files you trust only). The other
+        arguments are the constructor's; `settings()` lists what was used.
+        """
+        device = device if isinstance(device, torch.device) else resolve_device(
+            str(device), advice="use device='cpu', or device='auto' (CUDA when available, else the CPU)")
         loaded = load_trained_model(path, device=device, image_size=image_size, trusted=trusted)
-        return cls(loaded.model, memory_threshold=memory_threshold, memory_size=memory_size,
-                   memory_pool_size=memory_pool_size, clip_length=clip_length, bf16=bf16, seed=seed)
+        saved = loaded.config or {}
+
+        def chosen(key, given):
+            return given if given is not None else saved.get(key, DEFAULTS[key])
+
+        predictor = cls(loaded.model, memory_threshold=chosen("memory_threshold", memory_threshold),
+                        memory_size=chosen("memory_size", memory_size), memory_pool_size=memory_pool_size,
+                        clip_length=chosen("clip_length", clip_length), bf16=bf16, seed=seed)
+        predictor.checkpoint = loaded.description
+        return predictor
 
     @property
     def model(self) -> VIPMT:
@@ -293,36 +471,67 @@ class Predictor:
         """The model's input size (H, W)."""
         return self.model.image_size
 
-    def segment(self, video: Any, support_images: Any, support_masks: Any, *,
-                keep_frames: bool = False) -> Iterator[FrameResult]:
+    def settings(self) -> dict:
+        """Every setting the predictions depend on, JSON-ready (predict.py records it)."""
+        segmenter = self.segmenter
+        return {"image_size": list(self.image_size), "clip_length": segmenter.clip_length,
+                "memory_threshold": segmenter.memory_threshold, "memory_size": segmenter.memory_size,
+                "memory_pool_size": segmenter.memory_pool_size, "bf16": self.bf16, "seed": self.seed,
+                "device": str(segmenter.device)}
+
+    def start(self, support_images: Any, support_masks: Any, *, return_probabilities: bool = False,
+              keep_frames: bool = False) -> Session:
+        """A `Session` for one video, to push frames one at a time (a camera, a UI). The supports
+        (see `prepare_supports`, 1 to 5) are checked here and encoded with the first clip."""
+        return Session(self, support_images, support_masks, return_probabilities=return_probabilities,
+                       keep_frames=keep_frames)
+
+    def segment(self, video: Any, support_images: Any, support_masks: Any, *, keep_frames: bool = False,
+                return_probabilities: bool = False) -> Iterator[FrameResult]:
         """Segment `video` frame by frame; yields a FrameResult per frame, one clip at a time.
 
         video: a path (video file, or a folder of frames sorted by name), an array [T, h, w, 3], an
         iterable of RGB uint8 frames [h, w, 3] or a `VideoSource`. support_images / support_masks:
         see `prepare_supports` (1 to 5). keep_frames: also hand back each frame (for overlays).
-        The supports and the video source are checked here; a bad frame raises InputError when
-        the iteration reaches it.
+        return_probabilities: also hand back `FrameResult.probability`, the foreground
+        probability (float16 [h, w]) that the mask thresholds at 0.5. The supports and the video
+        source are checked here; a bad frame raises InputError when the iteration reaches it.
         """
-        images, masks = prepare_supports(support_images, support_masks)
-        source = open_video(video)
-        support_img, support_mask = self.transform(images, masks)
-        return self._stream(source, support_img, support_mask, keep_frames)
+        session = self.start(support_images, support_masks, return_probabilities=return_probabilities,
+                             keep_frames=keep_frames)
+        return self._stream(open_video(video), session)
 
-    def _stream(self, source: VideoSource, support_img: torch.Tensor, support_mask: torch.Tensor,
-                keep_frames: bool) -> Iterator[FrameResult]:
-        session = None
-        for clip in _clips(source, self.segmenter.clip_length):
-            if session is None:     # encode the supports once a clip is read: a bad video fails before any model work
-                session = self.segmenter.start(support_img, support_mask,
-                                               generator=torch.Generator().manual_seed(self.seed))
-            yield from self._segment_clip(session, clip, keep_frames)
+    @staticmethod
+    def _stream(source: VideoSource, session: Session) -> Iterator[FrameResult]:
+        for name, frame in source:          # checked by the source, with its own labels
+            yield from session._add_checked(frame, name)
+        yield from session.flush()
 
-    def _segment_clip(self, session: VideoSession, clip: list, keep_frames: bool) -> Iterator[FrameResult]:
-        """clip: [(index, name, RGB frame)] of one size -> its FrameResults."""
-        frames = [frame for _, _, frame in clip]
-        no_mask = np.zeros(frames[0].shape[:2], np.uint8)      # the transform letterboxes masks too
-        images, _ = self.transform(frames, [no_mask] * len(frames))
-        result = session.step(images)
-        for (index, name, frame), pred, score in zip(clip, result.pred.numpy(), result.score.tolist()):
-            yield FrameResult(index=index, name=name, mask=unletterbox(pred, frame.shape[:2]), score=score,
-                              frame=frame if keep_frames else None)
+    def segment_many(self, videos: Sequence[Any], support_images: Any, support_masks: Any, *,
+                     keep_frames: bool = False, return_probabilities: bool = False
+                     ) -> Iterator[tuple[int, FrameResult]]:
+        """Segment several videos; yields (video index, FrameResult), each video's frames in order.
+
+        support_images / support_masks: one set for all videos (as in `segment`), or a list of
+        sets, one per video. Every video starts from `seed`, so each video's results are exactly
+        `segment`'s for it. The videos are segmented one after the other (the engine has no
+        batched path over videos yet). All supports and video sources are checked before any
+        work starts.
+        """
+        videos = list(videos)
+        if not videos:
+            raise InputError("segment_many got no videos; give a list of videos (paths, arrays or iterables of frames)")
+        sessions, sources = [], []
+        for i, (images, masks) in enumerate(_per_video_supports(support_images, support_masks, len(videos))):
+            try:
+                sources.append(open_video(videos[i]))
+                sessions.append(self.start(images, masks, return_probabilities=return_probabilities,
+                                           keep_frames=keep_frames))
+            except InputError as error:
+                raise InputError(f"video {i}: {error}") from None
+        return self._stream_many(sources, sessions)
+
+    def _stream_many(self, sources: list, sessions: list) -> Iterator[tuple[int, FrameResult]]:
+        for i, (source, session) in enumerate(zip(sources, sessions)):
+            for result in self._stream(source, session):
+                yield i, result
