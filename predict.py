@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from config.config import DEFAULTS
 from utils.fileio import atomic_write_json, unwritable_reason
-from utils.runtime import UserError, reuse_freed_memory
+from utils.runtime import UserError, resolve_device, reuse_freed_memory
 from utils.video import VideoWriter
 from utils.visualize import tint
 from vipmt.cli import run
@@ -55,11 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-size", nargs=2, type=int, metavar=("H", "W"),
                         help=f"model input size (default: the checkpoint's config, else "
                              f"{' '.join(map(str, DEFAULTS.image_size))})")
-    parser.add_argument("--memory-threshold", type=float, default=DEFAULTS.memory_threshold)
-    parser.add_argument("--memory-size", type=int, default=DEFAULTS.memory_size)
-    parser.add_argument("--memory-pool-size", type=int, default=DEFAULTS.memory_pool_size, metavar="N",
+    parser.add_argument("--memory-threshold", type=float,
+                        help=f"default: the checkpoint's config, else {DEFAULTS.memory_threshold}")
+    parser.add_argument("--memory-size", type=int, help=f"default: the checkpoint's config, else {DEFAULTS.memory_size}")
+    parser.add_argument("--clip-length", type=int, help=f"default: the checkpoint's config, else {DEFAULTS.clip_length}")
+    parser.add_argument("--memory-pool-size", type=int, default=DEFAULTS.predictor_memory_pool_size, metavar="N",
                         help="draw memory from the N most recent reliable frames only, bounding memory on long "
-                             "videos (default 0: from all of them, as the authors)")
+                             f"videos (default {DEFAULTS.predictor_memory_pool_size}; 0: from all of them, as the authors)")
     parser.add_argument("--bf16", action="store_true",
                         help="bfloat16 autocast (CUDA, or CPUs with AVX512-BF16: ~1.9x faster there)")
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed of the memory-frame draws")
@@ -129,12 +131,12 @@ def main(argv: Sequence[str]) -> int:
     support_rgb, support_masks = prepare_supports(args.support_images, args.support_masks)
     video = open_video(args.video)
     predictor = Predictor.from_checkpoint(
-        args.checkpoint, device=args.device, image_size=args.image_size, trusted=args.trust_checkpoint,
-        memory_threshold=args.memory_threshold, memory_size=args.memory_size,
-        memory_pool_size=args.memory_pool_size, bf16=args.bf16, seed=args.seed)
+        args.checkpoint, device=resolve_device(args.device), image_size=args.image_size,
+        trusted=args.trust_checkpoint, memory_threshold=args.memory_threshold, memory_size=args.memory_size,
+        clip_length=args.clip_length, memory_pool_size=args.memory_pool_size, bf16=args.bf16, seed=args.seed)
     results = predictor.segment(video, support_rgb, support_masks, keep_frames=True)
-    meta = {"checkpoint": args.checkpoint, "video": args.video, "supports": list(args.support_images),
-            "image_size": list(predictor.image_size), "fps": video.fps}
+    meta = {"checkpoint": args.checkpoint, "weights": predictor.checkpoint, "video": args.video, "supports": list(args.support_images),
+            "support_masks": list(args.support_masks), **predictor.settings(), "fps": video.fps}
     with tqdm(results, total=video.length, desc="segmenting", unit="frame") as progress:
         count = write_outputs(args.output, progress, video.fps, meta)
     logger.info("wrote %d masks, overlay.mp4 and predictions.json to %s", count, args.output)

@@ -109,6 +109,12 @@ def test_empty_mask(workspace, tmp_path, capsys):
     assert "is empty" in capsys.readouterr().err
 
 
+def test_cuda_on_a_machine_without_it_names_the_option(workspace, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert run(workspace, **{"--device": "cuda", "--output": str(tmp_path / "out")}) == 2
+    assert "CUDA is not available on this machine; use --device cpu" in capsys.readouterr().err
+
+
 def test_unreadable_video(workspace, tmp_path, capsys):
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"this is not a video")
@@ -123,6 +129,11 @@ def test_predict_writes_what_the_predictor_yields(workspace):
     predictor = Predictor.from_checkpoint(checkpoint, device="cpu", image_size=SIZE, memory_threshold=0.0)
     expected = list(predictor.segment(str(video), supports, masks))
     report = json.loads((root / "same" / "predictions.json").read_text())
+    settings = {key: report[key] for key in ("image_size", "clip_length", "memory_threshold", "memory_size",
+                                             "memory_pool_size", "bf16", "seed", "device")}
+    assert settings == {"image_size": list(SIZE), "clip_length": 5, "memory_threshold": 0.0, "memory_size": 5,
+                        "memory_pool_size": 256, "bf16": False, "seed": 42, "device": "cpu"}
+    assert (report["checkpoint"], report["supports"], report["support_masks"]) == (str(checkpoint), supports, masks)
     assert [r["frame"] for r in report["frames"]] == [r.name for r in expected]
     assert [r["score"] for r in report["frames"]] == [r.score for r in expected]
     for result in expected:
