@@ -12,11 +12,39 @@
     vipmt.run         a whole train.py run: run directory, resume config, DDP, signals, exit status
     vipmt.evaluation  the test protocol over a split: runs, aggregation, the metrics table;
                       training's validation
-    vipmt.predictor   Predictor: streaming segmentation of a video of any length, and its inputs
+    vipmt.predictor   Predictor (segment, segment_many, start -> Session: one frame at a time) and
+                      the reading of videos and frame folders
 
 It sits between the scripts and the packages below it (models, dataset, config, utils), which
 never import it.
 """
-from .predictor import Predictor
+import importlib.util
+import sys
+from pathlib import Path
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+LIBRARY_PACKAGES = ("config", "models", "dataset", "utils")   # top-level packages of this repository
+
+
+def _use_repository_packages() -> None:
+    """Make this repository's top-level packages importable for an installed `vipmt` (pyproject.toml)
+    without shadowing anybody's: the repository goes to the END of sys.path, and each name must
+    then resolve here; another project's `utils` or `config` found first is an ImportError."""
+    if not any(Path(p or ".").resolve() == REPOSITORY for p in sys.path):
+        sys.path.append(str(REPOSITORY))
+    for name in LIBRARY_PACKAGES:
+        module = sys.modules.get(name)
+        spec = None if module is not None else importlib.util.find_spec(name)
+        origin = getattr(module, "__file__", None) if module is not None else spec and spec.origin
+        if origin is None or not Path(origin).resolve().is_relative_to(REPOSITORY / name):
+            raise ImportError(
+                f"vipmt needs its own top-level package {name!r} ({REPOSITORY / name}), but {name!r} "
+                f"{'was already imported' if module is not None else 'resolves'} from {origin or 'a namespace'}. "
+                f"Rename or move that {name!r} (e.g. a {name}.py beside your notebook), or run from another folder")
+
+
+_use_repository_packages()
+
+from .predictor import Predictor  # noqa: E402
 
 __all__ = ["Predictor"]
