@@ -225,10 +225,24 @@ def test_segment_many_errors(predictor, videos, images, masks, message):
         predictor.segment_many(videos, images, masks)
 
 
-def test_from_checkpoint_takes_the_trained_settings(model, tmp_path, monkeypatch):
-    path = str(tmp_path / "ours.pth")
+def test_segment_many_names_the_video_of_a_bad_frame(predictor):
+    support = [np.zeros((8, 8, 3), np.uint8)], [np.ones((8, 8), np.uint8)]
+    results = predictor.segment_many([[np.zeros((8, 8, 3), np.uint16)], []], *support)
+    with pytest.raises(InputError, match=r"^video 0: video frame 0 must be an RGB image"):
+        list(results)
+
+
+@pytest.fixture(scope="module")
+def our_checkpoint(model, tmp_path_factory):
+    """Our weights-only checkpoint of the test model, trained (says its config) with clips of 3."""
+    path = str(tmp_path_factory.mktemp("checkpoint") / "ours.pth")
     save_weights(path, model=model, epoch=1, config={"image_size": list(SIZE), "clip_length": 3, "memory_size": 2,
                                                      "memory_threshold": 0.6, "memory_pool_size": 0})
+    return path
+
+
+def test_from_checkpoint_takes_the_trained_settings(our_checkpoint, monkeypatch):
+    path = our_checkpoint
     settings = Predictor.from_checkpoint(path, device="cpu").settings()
     assert settings == {"image_size": list(SIZE), "clip_length": 3, "memory_size": 2, "memory_threshold": 0.6,
                         "memory_pool_size": 256, "bf16": False, "seed": 42, "device": "cpu"}
@@ -239,6 +253,29 @@ def test_from_checkpoint_takes_the_trained_settings(model, tmp_path, monkeypatch
             given["device"]) == (5, 4, 0.9, 0, "cpu")
     with pytest.raises(UserError, match="CUDA is not available on this machine; use device='cpu', or device='auto'"):
         Predictor.from_checkpoint(path, device="cuda")
+
+
+def test_the_readme_python_api_example_runs_as_written(our_checkpoint, tmp_path, monkeypatch):
+    """The README's notebook example, with its file names pointed at files made here."""
+    readme = (ROOT / "README.md").read_text()
+    code = readme.split("## Python API", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    files = {"runs/youtube_vis_group1/best.pth": our_checkpoint, "street.mp4": str(tmp_path / "street.mp4")}
+    writer = cv2.VideoWriter(files["street.mp4"], cv2.VideoWriter_fourcc(*"mp4v"), 8.0, FRAME_HW[::-1])
+    for t in range(4):
+        writer.write(disc_frame(t)[0][..., ::-1].copy())
+    writer.release()
+    for i, name in enumerate(["car1", "car2"]):
+        image, mask = disc_frame(2 * i)
+        files[f"{name}.jpg"], files[f"{name}.png"] = str(tmp_path / f"{name}.jpg"), str(tmp_path / f"{name}.png")
+        cv2.imwrite(files[f"{name}.jpg"], image[..., ::-1].copy())
+        cv2.imwrite(files[f"{name}.png"], mask * 255)
+    for name, path in files.items():
+        assert f'"{name}"' in code, name
+        code = code.replace(f'"{name}"', repr(path))
+    shown = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    exec(compile(code, "README.md", "exec"), {"display": lambda *items: shown.append(items)})
+    assert len(shown) == 1 and shown[0][0].size == FRAME_HW[::-1] and 0 <= shown[0][1] <= 1
 
 
 def test_long_1080p_video_streams_in_bounded_memory():

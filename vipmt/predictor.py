@@ -297,7 +297,8 @@ class Session:
         self._supports = predictor.transform(images, masks)     # (images [S,3,H,W], masks [S,1,H,W])
         self._initial_count = len(images)
         self._corrections: list = []       # encodings of the added supports, oldest first
-        self._pending: list = []           # (first frame index it applies to, images [1,3,H,W], masks [1,1,H,W])
+        self._pending: list = []           # (first clip number it applies to, images [1,3,H,W], masks [1,1,H,W])
+        self._clips_done = 0
         self._engine: VideoSession | None = None
         self._clip: list = []              # [(index, name, frame)] of the clip being filled
         self._frames_added = 0
@@ -347,18 +348,19 @@ class Session:
             raise InputError(f"this session already has {self._initial_count} supports, the most the model uses; "
                              f"start the session with fewer supports to leave room for added ones")
         images, masks = prepare_supports([frame], [mask])
-        # the clip being filled holds frames added before this call: the next one is the first to use it
-        first_index = self._frames_added + (len(self._clip) and self.predictor.segmenter.clip_length - len(self._clip))
-        self._pending.append((first_index, *self.predictor.transform(images, masks)))
+        # a clip being filled holds frames added before this call: the clip after it is the first to use it
+        first_clip = self._clips_done + (1 if self._clip else 0)
+        self._pending.append((first_clip, *self.predictor.transform(images, masks)))
 
     def _segment_clip(self) -> list[FrameResult]:
         clip, self._clip = self._clip, []
         segmenter = self.predictor.segmenter
         if self._engine is None:      # supports are encoded once a clip is read: bad frames fail before model work
             self._engine = segmenter.start(*self._supports, generator=torch.Generator().manual_seed(self.predictor.seed))
-        due = [p for p in self._pending if p[0] <= clip[0][0]]
+        number, self._clips_done = self._clips_done, self._clips_done + 1
+        due = [p for p in self._pending if p[0] <= number]
         if due:
-            self._pending = [p for p in self._pending if p[0] > clip[0][0]]
+            self._pending = [p for p in self._pending if p[0] > number]
             self._corrections += [segmenter.encode_supports(image, mask) for _, image, mask in due]
             del self._corrections[:-(MAX_SUPPORTS - self._initial_count)]
             initial = self._engine.supports.select(list(range(self._initial_count)))
@@ -533,5 +535,8 @@ class Predictor:
 
     def _stream_many(self, sources: list, sessions: list) -> Iterator[tuple[int, FrameResult]]:
         for i, (source, session) in enumerate(zip(sources, sessions)):
-            for result in self._stream(source, session):
-                yield i, result
+            try:
+                for result in self._stream(source, session):
+                    yield i, result
+            except InputError as error:         # a bad frame found on the way: say which video
+                raise InputError(f"video {i}: {error}") from None
