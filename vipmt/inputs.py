@@ -1,0 +1,128 @@
+"""What the Predictor accepts as annotated supports: images and masks, read and checked, with
+errors that name the input and say what to give instead (vipmt.predictor reads the videos)."""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import cv2
+import numpy as np
+
+from models.vipmt import SHOTS
+from utils.runtime import UserError
+
+__all__ = ["InputError", "MAX_SUPPORTS", "prepare_supports", "read_image"]
+
+MAX_SUPPORTS = SHOTS         # the model treats support frames beyond these as memory frames
+MASK_VALUES = ({0, 1}, {0, 255})
+
+
+class InputError(UserError, ValueError):
+    """A video, image or mask the predictor cannot use; the message names it and what was expected."""
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """An image file -> RGB uint8 [h, w, 3]."""
+    image = cv2.imread(os.fspath(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise InputError(f"cannot read image {os.fspath(path)!r} (missing or not an image)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _check_rgb(image: Any, label: str) -> np.ndarray:
+    if _is_path(image):     # support paths are read before this: a path here is a video frame
+        raise InputError(f"{label} is a path ({os.fspath(image)!r}): a list of frame paths is not accepted as a "
+                         f"video; give the folder that holds the frames (sorted by name) or a video file, or read "
+                         f"the frames into RGB arrays first (vipmt.predictor.read_image)")
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or min(image.shape[:2]) < 1:
+        raise InputError(f"{label} must be an RGB image, uint8 [h, w, 3]; got {image.dtype} {list(image.shape)}"
+                         f"{_rgb_hint(image)}")
+    return image
+
+
+def _rgb_hint(image: np.ndarray) -> str:
+    """What to do with a common not-quite-RGB array."""
+    if image.ndim == 2:
+        return " (a grayscale image: repeat it into 3 channels, e.g. np.repeat(gray[..., None], 3, axis=2))"
+    if image.ndim == 3 and image.shape[2] == 4:
+        return " (RGBA: drop the alpha channel, image[..., :3])"
+    if image.ndim == 3 and image.shape[2] == 3 and np.issubdtype(image.dtype, np.floating):
+        return " (floats: scale to 0-255 and convert, e.g. (image * 255).round().astype(np.uint8))"
+    return ""
+
+
+def _read_mask(path: str) -> np.ndarray:
+    mask = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if mask is None:
+        raise InputError(f"cannot read support mask {path!r} (missing or not an image)")
+    return mask[..., :3].max(axis=2) if mask.ndim == 3 else mask
+
+
+def _binary_mask(mask: Any, label: str, image_label: str, image_shape: tuple) -> np.ndarray:
+    """A 0/255 or 0/1 mask -> 0/1 uint8 [h, w], checked against its support image."""
+    mask = np.asarray(mask)
+    if mask.dtype == bool:
+        mask = mask.astype(np.uint8)
+    if mask.ndim != 2 or not (np.issubdtype(mask.dtype, np.integer) or np.issubdtype(mask.dtype, np.floating)):
+        raise InputError(f"{label} must be a 2-D array [h, w] of 0/1 or 0/255; got {mask.dtype} {list(mask.shape)}")
+    values = sorted(set(np.unique(mask).tolist()))
+    if not any(set(values) <= allowed for allowed in MASK_VALUES):
+        listed = f"{values[:6]}" if len(values) <= 6 else f"{len(values)} values ({values[0]}..{values[-1]})"
+        hint = ("JPEG compression changes a mask's values: save masks as PNG (lossless)"
+                if label.lower().endswith((".jpg'", ".jpeg'")) else
+                "a mask holds the object as 1 or 255 and the rest as 0: threshold it first, e.g. (mask > 127)")
+        raise InputError(f"{label} has values {listed}; expected 0/255 or 0/1. {hint[0].upper()}{hint[1:]}")
+    if mask.shape != image_shape[:2]:
+        raise InputError(f"{label} is {mask.shape[1]}x{mask.shape[0]} but {image_label} is "
+                         f"{image_shape[1]}x{image_shape[0]}; they must match")
+    mask = (mask > 0).astype(np.uint8)
+    if not mask.any():
+        raise InputError(f"{label} is empty: it must mark the object in {image_label}")
+    return mask
+
+
+def _is_path(x: Any) -> bool:
+    return isinstance(x, (str, os.PathLike))
+
+
+def _as_list(items: Any, single_ndim: int, what: str) -> list:
+    """A path, an array (a stack if it has `single_ndim` + 1 dims, else one item) or a sequence -> list."""
+    if _is_path(items):
+        return [items]
+    if isinstance(items, np.ndarray):
+        return list(items) if items.ndim == single_ndim + 1 else [items]
+    if not isinstance(items, Iterable):
+        raise InputError(f"{what} must be paths or arrays (one, a list or a stack), got {type(items).__name__}")
+    return list(items)
+
+
+def prepare_supports(support_images: Any, support_masks: Any) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Read and check the annotated supports.
+
+    support_images: paths or RGB uint8 arrays [h, w, 3] (one, a list, or a stack [S, h, w, 3]);
+    support_masks: PNG paths or arrays [h, w] of 0/1 or 0/255 (bool too), one per image, of its size.
+    Returns (RGB uint8 images, 0/1 uint8 masks). Raises InputError naming the bad input.
+    """
+    images, masks = _as_list(support_images, 3, "support images"), _as_list(support_masks, 2, "support masks")
+    image_labels = [f"support image {os.fspath(x)!r}" if _is_path(x) else f"support image {i + 1}"
+                    for i, x in enumerate(images)]
+    if not images:
+        raise InputError("no support image given: at least one annotated support image is needed")
+    if len(images) > MAX_SUPPORTS:
+        raise InputError(f"{len(images)} support images given; at most {MAX_SUPPORTS} are used")
+    if len(masks) < len(images):
+        raise InputError(f"every support image needs a mask: {len(images)} images but {len(masks)} masks "
+                         f"(no mask for {', '.join(image_labels[len(masks):])})")
+    if len(masks) > len(images):
+        stacked = (f" (one array {list(support_masks.shape)} is read as a stack of {len(masks)} masks [S, h, w]; "
+                   f"give a list of 2-D masks [h, w])" if isinstance(support_masks, np.ndarray) else "")
+        raise InputError(f"{len(masks)} masks for {len(images)} support images{stacked}; give one mask per image")
+    rgb = [read_image(x) if _is_path(x) else _check_rgb(x, label) for x, label in zip(images, image_labels)]
+    binary = []
+    for i, (mask, image, image_label) in enumerate(zip(masks, rgb, image_labels)):
+        label = f"support mask {os.fspath(mask)!r}" if _is_path(mask) else f"support mask {i + 1}"
+        binary.append(_binary_mask(_read_mask(os.fspath(mask)) if _is_path(mask) else mask,
+                                   label, image_label, image.shape))
+    return rgb, binary
