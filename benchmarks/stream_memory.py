@@ -98,7 +98,8 @@ def run_single(args: argparse.Namespace) -> dict:
                 report["peak_rss_mb"]["warm"] = round(peak_rss_mb(), 1)
     report["frames"] += len(session.flush())
     report["pool_length"] = len(session.memory_pool)
-    report["pool_mb"] = round(sum(frame.nbytes() for frame in session.memory_pool) / 2 ** 20, 1)
+    report["pool_mb"] = round(sum(t.numel() * t.element_size() for frame in session.memory_pool
+                                  for t in vars(frame).values()) / 2 ** 20, 1)
     report["peak_rss_mb"]["end"] = round(peak_rss_mb(), 1)
     report["seconds"] = round(time.perf_counter() - start, 1)
     return report

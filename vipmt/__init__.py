@@ -14,6 +14,7 @@
                       training's validation
     vipmt.predictor   Predictor (segment, segment_many, start -> Session: one frame at a time) and
                       the reading of videos and frame folders
+    vipmt.inputs      the Predictor's supports: images and masks read and checked (InputError)
 
 It sits between the scripts and the packages below it (models, dataset, config, utils), which
 never import it.
