@@ -4,7 +4,9 @@
     python train.py --group 1 --lr 1e-4 --epochs 20            # any config key as --key value (or key=value)
     python train.py --group 1 --resume                         # continue runs/<run>/last.pth
     python train.py --group 1 --resume --lr 1e-4               # continue with another learning rate
+    python train.py --group 1 --auto-resume                    # resume if last.pth exists, else start (requeued jobs)
     torchrun --nproc_per_node 4 train.py --group 1             # DDP (NCCL on GPUs, gloo on CPU)
+    torchrun --nproc_per_node 4 --max-restarts 3 train.py --group 1 --auto-resume   # restart failed workers
 
 Each training episode is 15 query frames cut into three 5-frame clips and 5 support images
 of the same class. Clip 1 is segmented against the supports; clip 2 against the supports plus
@@ -38,10 +40,15 @@ from vipmt.run import run_training
 def build_parser():
     parser = script_parser(__doc__)
     add_config_arguments(parser)
-    parser.add_argument("--resume", action="store_true",
+    resume = parser.add_mutually_exclusive_group()
+    resume.add_argument("--resume", action="store_true",
                         help="continue the run in <output_dir>/<run_name> from its last.pth")
-    parser.add_argument("--resume-from", metavar="CHECKPOINT",
+    resume.add_argument("--resume-from", metavar="CHECKPOINT",
                         help="continue the run that wrote this checkpoint (its directory is the run directory)")
+    resume.add_argument("--auto-resume", action="store_true",
+                        help="continue the run if <output_dir>/<run_name> holds last.pth, else start it: the "
+                             "same command line serves the first start and every restart (torchrun "
+                             "--max-restarts, a requeued cluster job)")
     parser.add_argument("--stop-after", type=int, metavar="STEPS",
                         help="stop (as if interrupted, after saving last.pth) once this many "
                              "optimizer steps are done in total; continue with --resume")
@@ -51,7 +58,8 @@ def build_parser():
 def main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
     return run_training(explicit_values(args), resume=args.resume, resume_from=args.resume_from,
-                        stop_after=args.stop_after, command=[os.path.basename(sys.argv[0]), *argv])
+                        auto_resume=args.auto_resume, stop_after=args.stop_after,
+                        command=[os.path.basename(sys.argv[0]), *argv])
 
 
 if __name__ == "__main__":

@@ -220,18 +220,19 @@ def _is_state_dict(obj: Any) -> bool:
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
 
 
-def load_checkpoint(path: str, map_location: Any = "cpu", trusted: bool = False) -> Dict[str, Any]:
+def load_checkpoint(path: str, map_location: Any = "cpu", trusted: bool = False, mmap: bool = False) -> Dict[str, Any]:
     """Read a checkpoint file and return a dict that has at least ``"state_dict"``.
 
     Accepts our checkpoints, the authors' ``{"state_dict": ...}`` files and bare state dicts.
     Files are read with ``weights_only=True`` (no arbitrary code on load) unless
-    ``trusted=True``. Raises :class:`CheckpointError` with the path and the reason.
+    ``trusted=True``. ``mmap=True`` maps the tensors instead of reading them (cheap when only
+    the epoch or config is wanted). Raises :class:`CheckpointError` with the path and the reason.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=not trusted)
+        obj = torch.load(path, map_location=map_location, weights_only=not trusted, mmap=mmap)
     except Exception as exc:  # noqa: BLE001 - every failure becomes one CheckpointError
         raise _unreadable(path, exc, trusted) from None
     if isinstance(obj, Mapping) and "state_dict" in obj:

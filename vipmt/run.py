@@ -37,7 +37,7 @@ from .evaluation import validate_episodes
 from .hooks import Checkpointer, default_hooks
 from .training import Trainer, TrainingError
 
-__all__ = ["find_resume_checkpoint", "RunDirectoryHold", "StopSignals", "run_training"]
+__all__ = ["find_resume_checkpoint", "has_resumable_run", "RunDirectoryHold", "StopSignals", "run_training"]
 
 logger = logging.getLogger("train")
 
@@ -57,6 +57,11 @@ def find_resume_checkpoint(cfg, resume_from: Optional[str]) -> str:
     if not os.path.isfile(resume_from):
         raise UserError(f"--resume-from: checkpoint {resume_from!r} does not exist")
     return resume_from
+
+
+def has_resumable_run(cfg) -> bool:
+    """Whether the run directory of ``cfg`` holds last.pth (what --auto-resume continues)."""
+    return os.path.isfile(os.path.join(run_directory(cfg), LAST_CHECKPOINT))
 
 
 class RunDirectoryHold:
@@ -188,18 +193,23 @@ def _describe_changes(changes: Mapping[str, Any]) -> str:
 
 
 def run_training(values: Mapping[str, Any], *, resume: bool = False, resume_from: Optional[str] = None,
-                 stop_after: Optional[int] = None, command: Sequence[str] = ()) -> int:
+                 auto_resume: bool = False, stop_after: Optional[int] = None, command: Sequence[str] = ()) -> int:
     """Train one fold: check the inputs, take the run directory, set up DDP and logging, and fit.
 
-    ``values`` are explicit config values (vipmt.cli.explicit_values). Returns the exit status:
-    0, 1 when training failed, 130 when interrupted (last.pth saved).
+    ``values`` are explicit config values (vipmt.cli.explicit_values). ``auto_resume`` (train.py
+    --auto-resume): resume when the run directory holds last.pth, start afresh otherwise, so that
+    torchrun --max-restarts or a requeued job can rerun the same command line. Returns the exit
+    status: 0, 1 when training failed, 130 when interrupted (last.pth saved).
     """
     if stop_after is not None and stop_after < 1:
         raise UserError(f"--stop-after {stop_after}: expected a number of optimizer steps >= 1 (the run stops, "
                         f"saving last.pth, once that many steps are done in total)")
     cfg = resolve_config({}, values)
+    if auto_resume and (resume or resume_from):
+        raise UserError("--auto-resume decides by itself whether to resume; give it without --resume / "
+                        "--resume-from")
     checkpoint_path = None
-    if resume or resume_from:
+    if resume or resume_from or (auto_resume and has_resumable_run(cfg)):
         checkpoint_path = find_resume_checkpoint(cfg, resume_from)
         run_dir = os.path.dirname(os.path.abspath(checkpoint_path))
     else:
@@ -214,7 +224,7 @@ def run_training(values: Mapping[str, Any], *, resume: bool = False, resume_from
     hold = RunDirectoryHold(run_dir).acquire() if du.env_rank() == 0 else None
     try:
         return _train_in(run_dir, cfg, values, hold=hold, checkpoint_path=checkpoint_path, stop_after=stop_after,
-                         command=command)
+                         command=command, auto_resume=auto_resume)
     except BaseException:
         if hold is not None:
             hold.discard_failed_start()
@@ -225,7 +235,8 @@ def run_training(values: Mapping[str, Any], *, resume: bool = False, resume_from
 
 
 def _train_in(run_dir: str, cfg, values: Mapping[str, Any], *, hold: Optional[RunDirectoryHold],
-              checkpoint_path: Optional[str], stop_after: Optional[int], command: Sequence[str]) -> int:
+              checkpoint_path: Optional[str], stop_after: Optional[int], command: Sequence[str],
+              auto_resume: bool = False) -> int:
     """The part of :func:`run_training` that runs with the run directory held (by rank 0)."""
     resume_ckpt, changes = None, {}
     if checkpoint_path is not None:
@@ -237,7 +248,8 @@ def _train_in(run_dir: str, cfg, values: Mapping[str, Any], *, hold: Optional[Ru
         require_dataset(cfg)
     elif os.path.exists(os.path.join(run_dir, LAST_CHECKPOINT)):
         raise UserError(f"run directory {run_dir!r} already holds a checkpoint ({LAST_CHECKPOINT}); "
-                        f"pass --resume to continue it, or choose another --run-name / --output-dir")
+                        f"pass --resume to continue it (--auto-resume: continue when there is one, else start; for "
+                        f"restarted jobs), or choose another --run-name / --output-dir")
     dist_info = du.init_distributed(resolve_device(cfg.device).type)
     try:
         device = resolve_device(cfg.device, dist_info.local_rank)
@@ -250,6 +262,13 @@ def _train_in(run_dir: str, cfg, values: Mapping[str, Any], *, hold: Optional[Ru
                 _report_edited_config(os.path.join(run_dir, CONFIG_FILE), cfg)
             save_config(cfg, os.path.join(run_dir, CONFIG_FILE))
         logger.info("run directory %s; command: %s", run_dir, " ".join(command))
+        restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))   # set by torchrun for its workers
+        if restarts:
+            logger.warning("torchrun restarted the workers (restart %d of at most %s)", restarts,
+                           os.environ.get("TORCHELASTIC_MAX_RESTARTS", "?"))
+        if auto_resume:
+            logger.info("--auto-resume: %s", f"continuing from {checkpoint_path}" if checkpoint_path else
+                        f"no {LAST_CHECKPOINT} in the run directory, starting a new run")
         if changes:
             logger.warning("resuming with changed config values: %s", _describe_changes(changes))
         trainer = _build_trainer(cfg, dist_info, device, run_dir, resume_ckpt)
