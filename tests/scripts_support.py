@@ -6,6 +6,8 @@ import logging
 import os
 import sys
 
+import torch
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
@@ -39,6 +41,19 @@ def write_dataset(root: str, num_categories: int = 4, frames: int = 8) -> str:
     """
     return write_synthetic_youtube_vis(root, seed=0, videos_per_class=3, frames_per_video=frames,
                                        frame_size=(IMAGE, IMAGE), num_categories=num_categories)
+
+
+def assert_same_run(a, b):
+    """Two runs' last.pth hold the same weights, optimizer state, history and config (but the names)."""
+    assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"])
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for name, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][name]), name
+    for index, state in a["optimizer"]["state"].items():
+        assert torch.equal(state["exp_avg_sq"], b["optimizer"]["state"][index]["exp_avg_sq"])
+    assert a["metrics"]["history"] == b["metrics"]["history"]   # same losses and validation IoU
+    assert {k: v for k, v in a["config"].items() if k != "run_name"} == \
+        {k: v for k, v in b["config"].items() if k != "run_name"}
 
 
 def load_script(name: str):

@@ -1,6 +1,6 @@
 """The layers of the code base, read from the imports (ast) of every module outside tests/.
 
-    4  train.py test.py predict.py demo.py, benchmarks/   scripts: parse, build, call
+    4  train.py test.py predict.py demo.py reproduce.py, benchmarks/   scripts: parse, build, call
     3  vipmt/, synthetic/                                 library: builders, loops, loader; dataset writers
     2  models/, dataset/                                  the network; the data pipeline
     1  config/                                            every default, the config rules
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPTS = ("train", "test", "predict", "demo")
+SCRIPTS = ("train", "test", "predict", "demo", "reproduce")
 LAYERS = {"utils": 0, "config": 1, "models": 2, "dataset": 2, "vipmt": 3, "synthetic": 3, "benchmarks": 4,
           **{script: 4 for script in SCRIPTS}}
 SKIPPED = {"tests", "scripts", "data", "pretrain_model", "outputs", "runs"}   # no library code in these

@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from helpers import reference_case
-from scripts_support import REPO, TINY, load_script, run, tiny, with_overrides, write_dataset
+from scripts_support import REPO, TINY, assert_same_run, load_script, run, tiny, with_overrides, write_dataset
 
 train = load_script("train")
 
@@ -105,19 +105,6 @@ def _kill_after_first_checkpoint(argv, checkpoint, stderr_path):
         pass
 
 
-def _assert_same_run(a, b):
-    """Two runs' last.pth hold the same weights, optimizer state, history and config (but the names)."""
-    assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"])
-    assert a["state_dict"].keys() == b["state_dict"].keys()
-    for name, value in a["state_dict"].items():
-        assert torch.equal(value, b["state_dict"][name]), name
-    for index, state in a["optimizer"]["state"].items():
-        assert torch.equal(state["exp_avg_sq"], b["optimizer"]["state"][index]["exp_avg_sq"])
-    assert a["metrics"]["history"] == b["metrics"]["history"]   # same losses and validation IoU
-    assert {k: v for k, v in a["config"].items() if k != "run_name"} == \
-        {k: v for k, v in b["config"].items() if k != "run_name"}
-
-
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
     """An uninterrupted run to compare interrupted ones with: one training class (2 episodes -> 2
@@ -147,7 +134,7 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(straight, tmp_p
 
     a, b = _load(straight_dir / "last.pth"), _load(run_dir / "last.pth")
     assert a["epoch"] == 2 and a["global_step"] == 4
-    _assert_same_run(a, b)
+    assert_same_run(a, b)
     # the run directory is complete and self-describing
     for name in ("config.yaml", "train.log", "last.pth", "best.pth", "tb", "metrics.jsonl"):
         assert (run_dir / name).exists(), name
@@ -199,7 +186,7 @@ def test_ctrl_c_saves_last_pth_exits_130_and_resume_continues_exactly(straight, 
     assert f"interrupted at epoch {stopped['epoch'] + 1}, iteration {stopped['iteration']}/2 (SIGINT, " \
            f"step {stopped['global_step']})" in log
     assert run(train, argv + ["--resume"]) == 0
-    _assert_same_run(_load(straight_dir / "last.pth"), _load(run_dir / "last.pth"))
+    assert_same_run(_load(straight_dir / "last.pth"), _load(run_dir / "last.pth"))
     assert (run_dir / "metrics.jsonl").read_text() == (straight_dir / "metrics.jsonl").read_text()
 
 

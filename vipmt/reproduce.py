@@ -334,8 +334,8 @@ def _test(fold: FoldRun, index: int, count: int) -> None:
     logger.info("%s: testing %s with %d run(s)", where, os.path.join(fold.run_dir, BEST_CHECKPOINT),
                 fold.cfg.test_runs)
     results = run_test(fold.values)
-    fold.results, fold.results_file = results, results["output"]
-    fold.results = {k: v for k, v in results.items() if k not in ("table", "output")}
+    fold.results = {k: v for k, v in results.items() if k not in ("table", "output")}    # = the JSON written
+    fold.results_file = results["output"]
 
 
 def _collect(runs: Sequence[FoldRun]) -> None:
