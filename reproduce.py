@@ -16,7 +16,6 @@ retrains nothing that is finished. Folds on several GPUs: one process per GPU wi
 """
 from __future__ import annotations
 
-import os
 import sys
 from typing import Sequence
 
@@ -39,7 +38,7 @@ def build_parser():
 def main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
     return reproduce(explicit_values(args), folds=args.folds, collect=args.collect,
-                     command=[os.path.basename(sys.argv[0]), *argv])
+                     command=["python", "reproduce.py", *argv])
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shlex
 import time
@@ -42,6 +41,7 @@ from utils.runtime import EXIT_INTERRUPTED, UserError
 
 from .build import BEST_CHECKPOINT, LAST_CHECKPOINT, METRICS_FILE, run_directory
 from .cli import resolve_config
+from .evaluation import _stats as mean_and_std  # noqa: WPS450 - the one mean/std over runs (None, nan left out)
 from .evaluation import metric_names, results_path, run_test
 from .run import run_training
 
@@ -162,13 +162,6 @@ def current_test_results(fold: FoldRun) -> Optional[Dict[str, Any]]:
 
 
 # ================================================================ the table
-def _mean_std(values: Sequence[Optional[float]]) -> Dict[str, Optional[float]]:
-    finite = [v for v in values if v is not None and not math.isnan(v)]
-    if len(finite) != len(values) or not finite:
-        return {"mean": None, "std": None}
-    return {"mean": float(np.mean(finite)), "std": float(np.std(finite))}
-
-
 def summarise(folds: Sequence[FoldRun], metric_keys: Sequence[str]) -> Dict[str, Any]:
     """``{"folds": {G: {metric: {mean, std}, ...}}, "mean": {metric: {mean, std}}}``.
 
@@ -191,9 +184,8 @@ def summarise(folds: Sequence[FoldRun], metric_keys: Sequence[str]) -> Dict[str,
             mean[key] = {"mean": None, "std": None}
             continue
         same_runs = len({len(r) for r in runs}) == 1
-        per_run = [float(np.mean(col)) if None not in col else None for col in zip(*runs)] if same_runs else []
-        mean[key] = {"mean": float(np.mean(fold_means)),
-                     "std": _mean_std(per_run)["std"] if per_run else None}
+        per_run = [float(np.mean(col)) for col in zip(*runs) if None not in col] if same_runs else []
+        mean[key] = {"mean": float(np.mean(fold_means)), "std": mean_and_std(per_run)["std"]}
     return {"folds": per_fold, "mean": mean}
 
 
