@@ -11,7 +11,9 @@
    (``<run>/test/test_best_seeds<S>-<E>.json``) is newer than ``best.pth`` and was made with the
    same test settings;
 3. writes ``<output_dir>/reproduce_<dataset>/results.json`` and ``results.md``: per fold and
-   mean over the folds, J, F, class IoU and VC_n as mean and std over the test runs.
+   mean over the folds, J, F, class IoU and VC_n as mean and std over the test runs; the JSON
+   also holds the config, the git commit, the commands and ``seconds`` (this invocation's wall
+   time; each fold's ``test_seconds`` is its test's).
 
 ``collect=True`` (``--collect``) only assembles the table from finished runs and their current
 test results (after folds ran in parallel, one process each), and names what is missing. Every
