@@ -14,6 +14,7 @@ from typing import Any, List, Optional
 
 import torch
 import torch.distributed as dist
+from torch.distributed.constants import default_pg_timeout
 
 __all__ = [
     "DistInfo",
@@ -76,9 +77,29 @@ def init_distributed(device_type: str = "cpu") -> DistInfo:
     if device_type == "cuda":
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size)
+        restart = _single_node_restart()
+        if restart:
+            # torchrun keeps one store server for all restarts (TCP store sharing) and torch's env://
+            # rendezvous adds no per-restart prefix, so a restarted worker can read the address a dead
+            # worker published and fail to connect (pytorch/pytorch#135712). On one node every worker
+            # has the same restart count: the keys of this restart get their own prefix.
+            store, _, _ = next(dist.rendezvous("env://", rank, world_size, timeout=default_pg_timeout))
+            store.set_timeout(default_pg_timeout)
+            dist.init_process_group(backend=backend, store=dist.PrefixStore(f"default_pg/restart_{restart}", store),
+                                    rank=rank, world_size=world_size)
+        else:
+            dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size)
     logger.debug("process group started: rank %d / %d (%s)", rank, world_size, backend)
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, backend=backend)
+
+
+def _single_node_restart() -> int:
+    """torchrun's restart count (0: first start) when its agent shares its store with the workers of
+    one node; 0 otherwise (several nodes may count restarts differently: set
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 for torchrun there, docs/cluster.md)."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or os.environ.get("GROUP_WORLD_SIZE") != "1":
+        return 0
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
 
 
 def is_distributed() -> bool:
