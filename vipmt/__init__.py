@@ -1,4 +1,4 @@
-"""The VIPMT library layer: what the scripts (train.py, test.py, predict.py, demo.py) share.
+"""The VIPMT library layer: what the scripts (train.py, test.py, predict.py, demo.py, reproduce.py) share.
 
     from vipmt import Predictor      # segment any video from a few annotated images
 
@@ -12,6 +12,7 @@
     vipmt.run         a whole train.py run: run directory, resume config, DDP, signals, exit status
     vipmt.evaluation  the test protocol over a split: runs, aggregation, the metrics table;
                       training's validation
+    vipmt.reproduce   every fold trained (or continued, or reused) and tested: the paper's table
     vipmt.predictor   Predictor (segment, segment_many, start -> Session: one frame at a time) and
                       the reading of videos and frame folders
     vipmt.inputs      the Predictor's supports: images and masks read and checked (InputError)
