@@ -20,12 +20,11 @@
 It sits between the scripts and the packages below it (models, dataset, config, utils), which
 never import it.
 """
-import importlib.util
 import sys
 from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parents[1]
-LIBRARY_PACKAGES = ("config", "models", "dataset", "utils")   # top-level packages of this repository
+LIBRARY_PACKAGES = ("utils", "config", "models", "dataset")   # top-level packages of this repository, lowest layer first
 
 
 def _use_repository_packages() -> None:
@@ -35,13 +34,15 @@ def _use_repository_packages() -> None:
     if not any(Path(p or ".").resolve() == REPOSITORY for p in sys.path):
         sys.path.append(str(REPOSITORY))
     for name in LIBRARY_PACKAGES:
-        module = sys.modules.get(name)
-        spec = None if module is not None else importlib.util.find_spec(name)
-        origin = getattr(module, "__file__", None) if module is not None else spec and spec.origin
+        already = name in sys.modules
+        try:
+            origin = getattr(__import__(name), "__file__", None)   # plain import: the layer rule forbids importlib
+        except ImportError as error:
+            raise ImportError(f"vipmt needs its own top-level package {name!r} ({REPOSITORY / name}): {error}") from error
         if origin is None or not Path(origin).resolve().is_relative_to(REPOSITORY / name):
             raise ImportError(
                 f"vipmt needs its own top-level package {name!r} ({REPOSITORY / name}), but {name!r} "
-                f"{'was already imported' if module is not None else 'resolves'} from {origin or 'a namespace'}. "
+                f"{'was already imported' if already else 'resolves'} from {origin or 'a namespace package'}. "
                 f"Rename or move that {name!r} (e.g. a {name}.py beside your notebook), or run from another folder")
 
 
