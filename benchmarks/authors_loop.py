@@ -153,7 +153,7 @@ def authors_computation():
              transformer.conv1x1_with_constants, backbone.Backbone.forward, vipmt.VIPMT.reduce_features,
              vipmt.VIPMT.merge_support, heads.ScoreHead.forward)
 
-    def predict_clip(model, query_features, support, support_mask=None, query_mask=None):
+    def predict_clip(model, query_features, support, support_mask=None, query_mask=None, shots=None):
         assert isinstance(support, dict), "the authors' loop encodes supports from backbone features"
         size = tuple(query_features["3"].shape[-2:])
         support_object = prototypes.object_mask(support_mask, size)
@@ -172,7 +172,7 @@ def authors_computation():
         for name, function in literal.items():
             setattr(vipmt, name, function)
         try:
-            return saved[0](model, query_features, support, support_mask, query_mask)
+            return saved[0](model, query_features, support, support_mask, query_mask, shots=shots)
         finally:
             for name, function in originals.items():
                 setattr(vipmt, name, function)

@@ -34,7 +34,7 @@ def segment_video_recompute(model: nn.Module, frames: torch.Tensor, support_img:
         memory = draw_memory(reliable, memory_size, generator) if use_memory else []
         images = torch.cat([support_img, *(image[None] for image, _ in memory)])
         masks = torch.cat([support_mask, *(mask[None] for _, mask in memory)])
-        pred, score = model(clip_frames[None], None, images[None], masks[None])
+        pred, score = model(clip_frames[None], None, images[None], masks[None], shots=len(support_img))
         preds.append(pred[0])
         scores.append(score[0])
         reliable.extend((clip_frames[i], pred[0, i, None].float()) for i in range(len(clip_frames))

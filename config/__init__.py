@@ -6,6 +6,7 @@ from .config import (  # noqa: F401
     RUN_DEFINING_KEYS,
     ConfigError,
     apply_overrides,
+    complete_saved_config,
     check_image_size,
     config_to_dict,
     dataset_root,

@@ -53,6 +53,8 @@ __all__ = [
     "parse_assignment",
     "unknown_key_error",
     "resume_changes",
+    "complete_saved_config",
+    "LEGACY_VALUES",
     "RUN_DEFINING_KEYS",
     "OPTIMIZER_KEYS",
 ]
@@ -64,6 +66,7 @@ ENVIRONMENT_KEY = "environment"   # config files' record of what ran: not a sett
 NUM_FOLDS = 4
 FEATURE_STRIDE = 8          # the network's output stride (models.heads.OUTPUT_STRIDE is this): sides are multiples
 MIN_IMAGE_SIDE = 64          # 8 feature cells: the score head and the attention stride features by 4
+MAX_SUPPORT_SHOTS = 5        # the model's support branch (models.vipmt.SHOTS): the authors' 5-shot slot
 
 
 class ConfigError(ValueError):
@@ -88,10 +91,22 @@ DEFAULTS = EasyDict(
         "letterbox_per_frame": False,              # letterbox every frame with its own size and offset
                                                    # (a deviation; the authors: the first frame's) (R)
         "group": 1,                                # fold 1..4 (its classes are held out for val/test) (R)
-        "support_shots": 5,                        # annotated support images per episode (R)
+        "support_shots": 5,                        # annotated support images per episode, 1..5 (TTI
+                                                   # reports 1-shot) (R)
+        # The authors may pick a support frame whose segmentation is present but has no pixels (an
+        # empty mask; `python -m dataset.check` counts them). True redraws such a frame (same video
+        # first, then the class's other videos): a deviation that changes the training data.
+        "skip_empty_supports": False,              # redraw a support frame whose class mask is empty
+                                                   # (a deviation; the authors may pick it) (R)
         "query_frames": 15,                        # training query frames (whole clips) (R)
         "clip_length": 5,                          # frames per clip (train and test) (R)
         "episodes_per_class": 100,                 # training episodes per class per epoch (R)
+        # The authors' batch sampler replaces a class already in the batch by a random other class,
+        # so a class gets 100 +- 3 episodes per epoch. True uses each episode exactly once per epoch
+        # (balanced classes): a deviation that changes the training batches.
+        "balanced_class_sampler": False,           # every episode exactly once per epoch (a deviation;
+                                                   # the authors replace a class already in the batch
+                                                   # by a random other class) (R)
         "val_episodes_per_class": 50,              # validation episodes per class (R)
         "num_workers": 4,                          # DataLoader worker processes
         "check_data": False,                       # before training, decode every frame and mask the train
@@ -165,6 +180,8 @@ RUN_DEFINING_KEYS = {
     "image_size": "the network's input size (the score head's weights depend on it)",
     "letterbox_per_frame": "the inputs the network is trained on",
     "support_shots": _EPISODE,
+    "skip_empty_supports": "the training data (support frames)",
+    "balanced_class_sampler": "the epoch's batches, which a resume continues inside",
     "query_frames": _EPISODE,
     "clip_length": _EPISODE,
     "memory_size": _EPISODE,
@@ -178,6 +195,10 @@ RUN_DEFINING_KEYS = {
     "loss_weight_score": "the training objective",
     "backbone_weights": "the backbone, which a resume takes from the checkpoint",
 }
+# Run-defining keys added after runs were saved without them, with the value those runs used:
+# a saved config that lacks one is completed with it (`complete_saved_config`), not with today's
+# default, so that resuming such a run continues it unchanged.
+LEGACY_VALUES = {"skip_empty_supports": True, "balanced_class_sampler": True}
 # Keys a resume sets on the restored optimizer (its saved state holds the old values).
 OPTIMIZER_KEYS = ("lr", "weight_decay", "betas")
 
@@ -374,6 +395,11 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     for key in ("num_workers", "checkpoint_every_iters", "memory_pool_size", "predictor_memory_pool_size"):
         if cfg[key] < 0:
             raise ConfigError(f"{key}={cfg[key]}: expected >= 0")
+    if cfg["support_shots"] > MAX_SUPPORT_SHOTS:
+        raise ConfigError(
+            f"support_shots={cfg['support_shots']}: expected 1 to {MAX_SUPPORT_SHOTS}. The model's support "
+            f"branch holds at most {MAX_SUPPORT_SHOTS} annotated images (the authors' 5-shot setting); "
+            f"further frames are memory frames, which training and testing add themselves")
     if cfg["query_frames"] % cfg["clip_length"] != 0:
         raise ConfigError(
             f"query_frames={cfg['query_frames']} must be a multiple of clip_length="
@@ -412,6 +438,12 @@ def resume_changes(saved: Mapping[str, Any], new: Mapping[str, Any]) -> dict:
         raise ConfigError(f"--resume cannot change {listed}. These keys define the run; resume without "
                           f"changing them, or start a new run (another --run-name) with the new values")
     return changes
+
+
+def complete_saved_config(saved: Mapping[str, Any]) -> tuple[dict, dict]:
+    """(``saved`` with the LEGACY_VALUES of the keys it lacks, those added keys) for a non-empty saved config."""
+    added = {key: value for key, value in LEGACY_VALUES.items() if saved and key not in saved}
+    return {**saved, **added}, added
 
 
 def _show(value: Any) -> str:

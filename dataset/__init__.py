@@ -13,7 +13,7 @@ from typing import Sequence
 from config import DEFAULTS
 
 from .base import EpisodeDataset
-from .episodes import CLIP_LENGTH, item_rng, select_query_clips
+from .episodes import CLIP_LENGTH, EpisodeKey, item_rng, select_query_clips
 from .errors import DatasetError
 from .minivspw import MiniVSPWDataset
 from .sampler import DifferentClassBatchSampler
@@ -28,13 +28,14 @@ def build_dataset(name: str = DEFAULTS.dataset, root: str | None = None, split: 
                   query_frames: int = DEFAULTS.query_frames, support_shots: int = DEFAULTS.support_shots,
                   episodes_per_class: int = DEFAULTS.episodes_per_class, seed: int = DEFAULTS.seed,
                   augment: bool | None = None, letterbox_per_frame: bool = False,
-                  **dataset_specific) -> EpisodeDataset:
+                  skip_empty_supports: bool = DEFAULTS.skip_empty_supports, **dataset_specific) -> EpisodeDataset:
     """Build a split of a dataset by name (``youtube_vis`` or ``minivspw``).
 
     ``augment`` defaults to ``split == "train"``; ``root`` defaults to ``data/Youtube-VOS`` or
     ``data/VSPW_480p``. ``letterbox_per_frame=True`` letterboxes every frame with its own size
     instead of its list's first frame's (a deviation from the authors, see
-    :mod:`dataset.transforms`). Extra keyword arguments go to the dataset class (``annotation_file``,
+    :mod:`dataset.transforms`). ``skip_empty_supports=True`` redraws support frames with an empty
+    class mask (a deviation; the authors keep them). Extra keyword arguments go to the dataset class (``annotation_file``,
     ``frames_dir`` for YouTube-VIS; ``lists_dir``, ``show_progress`` for MiniVSPW;
     ``clip_length`` for both).
     """
@@ -43,7 +44,8 @@ def build_dataset(name: str = DEFAULTS.dataset, root: str | None = None, split: 
     cls = DATASETS[name]
     kwargs = dict(split=split, group=group, image_size=image_size, query_frames=query_frames,
                   support_shots=support_shots, episodes_per_class=episodes_per_class, seed=seed,
-                  augment=augment, letterbox_per_frame=letterbox_per_frame, **dataset_specific)
+                  augment=augment, letterbox_per_frame=letterbox_per_frame,
+                  skip_empty_supports=skip_empty_supports, **dataset_specific)
     if root is not None:
         kwargs["root"] = root
     accepted = inspect.signature(cls.__init__).parameters
@@ -57,6 +59,6 @@ def build_dataset(name: str = DEFAULTS.dataset, root: str | None = None, split: 
 __all__ = [
     "build_dataset", "DatasetError", "EpisodeDataset", "YouTubeVISDataset", "MiniVSPWDataset",
     "DifferentClassBatchSampler",
-    "TrainTransform", "TestTransform", "CLIP_LENGTH", "item_rng", "select_query_clips",
+    "TrainTransform", "TestTransform", "CLIP_LENGTH", "EpisodeKey", "item_rng", "select_query_clips",
     "fold_classes", "DATASETS",
 ]

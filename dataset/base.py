@@ -21,9 +21,12 @@ Documented behaviour for small or odd data:
   available video is used once and the remaining supports are drawn again from the same videos
   (with their own random frames); a warning is logged once per class. A test class with a single
   video takes its supports from that same video (warning).
-* a support frame whose class mask is empty is replaced by another frame of the class (same
-  video first, then the other videos), up to ``MAX_SUPPORT_TRIES`` frames; if all are empty the
-  first draw is kept (empty mask) and a warning is logged.
+* a support frame whose class segmentation is present but empty (no pixels) is kept, as the
+  authors do (logged once per class; ``python -m dataset.check`` counts such segmentations).
+  With ``skip_empty_supports=True`` (a deviation) it is replaced by another frame of the class
+  (same video first, then the other videos), up to ``MAX_SUPPORT_TRIES`` frames; if all are empty
+  the first draw is kept (empty mask) and a warning is logged. Both draw the same frame when its
+  mask is not empty (one generator, the same draws).
 * a class without any video is left out of ``classes`` (one warning naming all of them, once per
   process); no class left -> DatasetError.
 """
@@ -38,7 +41,7 @@ from torch.utils.data import Dataset
 
 from config import DEFAULTS, check_image_size
 
-from .episodes import CLIP_LENGTH, choose_videos, item_rng, select_query_clips
+from .episodes import CLIP_LENGTH, EpisodeKey, choose_videos, item_rng, select_query_clips
 from .errors import DatasetError
 from .transforms import TestTransform, TrainTransform
 
@@ -55,7 +58,8 @@ class EpisodeDataset(Dataset):
 
     Query frames and supports are letterboxed as two lists, each with its first frame's size
     (the authors' rule); ``letterbox_per_frame=True`` uses each frame's own size (a deviation,
-    see :mod:`dataset.transforms`).
+    see :mod:`dataset.transforms`). ``skip_empty_supports=True`` redraws support frames whose
+    class mask is empty (a deviation; the authors keep them).
 
     Items (dicts):
         query_img ``[Tq,3,H,W]`` float32 (ImageNet-normalised), query_mask ``[Tq,1,H,W]`` 0/1,
@@ -70,7 +74,7 @@ class EpisodeDataset(Dataset):
                  image_size: Sequence[int] = tuple(DEFAULTS.image_size), query_frames: int = DEFAULTS.query_frames,
                  support_shots: int = DEFAULTS.support_shots, episodes_per_class: int = DEFAULTS.episodes_per_class,
                  seed: int = DEFAULTS.seed, augment: bool | None = None, clip_length: int = CLIP_LENGTH,
-                 letterbox_per_frame: bool = False):
+                 letterbox_per_frame: bool = False, skip_empty_supports: bool = DEFAULTS.skip_empty_supports):
         if split not in SPLITS:
             raise DatasetError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
         if group not in GROUPS:
@@ -94,6 +98,7 @@ class EpisodeDataset(Dataset):
         self.seed = int(seed)
         self.augment = (split == "train") if augment is None else bool(augment)
         self.letterbox_per_frame = bool(letterbox_per_frame)
+        self.skip_empty_supports = bool(skip_empty_supports)
         self.transform = (TrainTransform if self.augment else TestTransform)(
             self.image_size, letterbox_per_frame=self.letterbox_per_frame)
         self.epoch = 0
@@ -163,9 +168,11 @@ class EpisodeDataset(Dataset):
             raise DatasetError(f"epoch must be >= 0, got {epoch}")
         self.epoch = int(epoch)
 
-    def class_of_index(self, index: int) -> int:
+    def class_of_index(self, index: int | EpisodeKey) -> int:
         """Class id of item ``index`` (no I/O; used by the batch sampler)."""
         self._check_index(index)
+        if isinstance(index, EpisodeKey):
+            return index.class_id
         if self.split == "test":
             return self._test_items[index][0]
         return self.classes[index // self.episodes_per_class]
@@ -181,20 +188,31 @@ class EpisodeDataset(Dataset):
         self._check_index(index)
         return self._test_items[index]
 
-    def _check_index(self, index: int) -> None:
+    def _check_index(self, index: int | EpisodeKey) -> None:
+        if isinstance(index, EpisodeKey):
+            if self.split == "test":
+                raise DatasetError("an EpisodeKey (an episode drawn for another class) is for train/val splits only")
+            if index.class_id not in self.classes:
+                raise DatasetError(f"EpisodeKey class {index.class_id} is not a {self.split} class "
+                                   f"({', '.join(str(c) for c in self.classes)})")
+            index = index.index
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} items")
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int | EpisodeKey) -> dict:
+        """Item ``index``, or an :class:`EpisodeKey`: a fresh episode of its class (train/val)."""
         self._check_index(index)
+        if isinstance(index, EpisodeKey):
+            return self._train_episode(index.index, item_rng(self.seed, self.epoch, index.index, index.class_id),
+                                       class_id=index.class_id)
         rng = item_rng(self.seed, self.epoch, index)
         if self.split == "test":
             return self._test_episode(index, rng)
         return self._train_episode(index, rng)
 
     # ----------------------------------------------------------------- episodes
-    def _train_episode(self, index: int, rng: np.random.Generator) -> dict:
-        class_id = self.class_of_index(index)
+    def _train_episode(self, index: int, rng: np.random.Generator, class_id: int | None = None) -> dict:
+        class_id = self.class_of_index(index) if class_id is None else class_id
         videos = self.videos_of_class(class_id)
         query_video = videos[int(rng.integers(len(videos)))]
         self._warn_if_few(class_id, len(videos))
@@ -265,11 +283,16 @@ class EpisodeDataset(Dataset):
                 mask = self.load_mask(cand_video, frame, class_id)
                 if first is None:
                     first = (cand_video, frame, mask)
-                if mask.any():
+                if mask.any() or not self.skip_empty_supports:
                     chosen = (cand_video, frame, mask)
                     break
             if first is None:
                 raise DatasetError(f"class {class_id}: video {video} has no frame with the class")
+            if not self.skip_empty_supports and not chosen[2].any() and ("empty", class_id) not in self._warned:
+                self._warned.add(("empty", class_id))
+                logger.info("class %s: support frame %s of video %s has an empty mask (present but empty "
+                            "segmentation); kept, as the authors do (skip_empty_supports=true redraws)",
+                            class_id, self.frame_name(first[0], first[1]), first[0])
             if chosen is None:
                 chosen = first
                 logger.warning("class %s: support frame %s of video %s has an empty mask and no "

@@ -9,6 +9,12 @@ frames; unreadable mask PNGs (MiniVSPW) or undecodable RLE/polygon annotations (
 whose masks live in ``train.json``); masks whose size differs from their frame. Exit status 0
 when all is well, 2 otherwise (also for a dataset that cannot be indexed at all).
 
+It also counts, per class, the *present-but-empty* segmentations: frames where the class has a
+segmentation (so they are support candidates) that holds no pixel. The authors may draw such a
+frame as a support (an empty support mask); config ``skip_empty_supports=true`` redraws it. The
+counts (on stderr) say whether that choice matters on this copy of the data. MiniVSPW indexes a
+class in a frame only where its label PNG has the class's pixels, so it has none by construction.
+
 Which files a split references:
 
 * YouTube-VIS: for every class of the split and every video holding it, the frames where the
@@ -38,7 +44,8 @@ from tqdm import tqdm
 from .base import SPLITS, EpisodeDataset
 from .errors import DatasetError
 
-__all__ = ["BadFile", "find_bad_files", "check_dataset", "raise_if_bad", "format_bad_files", "main"]
+__all__ = ["BadFile", "CheckReport", "find_bad_files", "check_dataset", "check_dataset_report", "raise_if_bad",
+           "format_bad_files", "format_empty_segmentations", "main"]
 
 DEFAULT_WORKERS = 4                 # decoding threads (PIL releases the GIL while decoding)
 MAX_LISTED_IN_ERROR = 50            # raise_if_bad lists this many files, then a count
@@ -65,6 +72,16 @@ class _Frame:
     class_masks: Dict[Any, Callable[[], np.ndarray]] = field(default_factory=dict)   # annotation masks
 
 
+@dataclass
+class CheckReport:
+    """What a check found: the bad files, the frames checked, and per class (YouTube-VIS) the
+    ``(present-but-empty, present)`` counts of its segmentations over the checked frames."""
+
+    bad: List[BadFile]
+    checked: int
+    empty_segmentations: Dict[Any, Tuple[int, int]]
+
+
 def _decode_image(path: str) -> Tuple[int, int]:
     """Decode fully, as the loaders do (a truncated JPEG only fails here); return (h, w)."""
     with Image.open(path) as image:
@@ -89,8 +106,10 @@ def _problem(path: str, decode: Callable[[str], Tuple[int, int]]) -> Tuple[Optio
         return None, f"cannot be decoded ({err})"
 
 
-def _check_frame(frame: _Frame) -> List[BadFile]:
+def _check_frame(frame: _Frame) -> Tuple[List[BadFile], List[Any]]:
+    """(bad files, classes whose decoded mask has no pixel) of one frame."""
     bad: List[BadFile] = []
+    empty: List[Any] = []
     image_size, problem = _problem(frame.image, _decode_image)
     if problem:
         bad.append(BadFile(frame.image, f"{frame.where}: {problem}"))
@@ -98,12 +117,16 @@ def _check_frame(frame: _Frame) -> List[BadFile]:
     if frame.class_masks:
         for class_id, decode in sorted(frame.class_masks.items(), key=lambda item: str(item[0])):
             try:
-                mask_sizes.append(decode().shape[:2])
+                mask = decode()
             except DatasetError as err:
                 message = str(err)
                 if message.startswith(frame.mask + ": "):
                     message = message[len(frame.mask) + 2:]
                 bad.append(BadFile(frame.mask, f"class {class_id}: {message}"))
+            else:
+                mask_sizes.append(mask.shape[:2])
+                if not mask.any():
+                    empty.append(class_id)
     else:
         mask_size, problem = _problem(frame.mask, _decode_label_png)
         if problem:
@@ -114,7 +137,7 @@ def _check_frame(frame: _Frame) -> List[BadFile]:
             if tuple(size) != tuple(image_size):
                 bad.append(BadFile(frame.mask, f"{frame.where}: mask size {size[0]}x{size[1]} differs from "
                                                f"the frame size {image_size[0]}x{image_size[1]} of {frame.image}"))
-    return bad
+    return bad, empty
 
 
 # ---- what a split references ------------------------------------------------------------------
@@ -167,15 +190,21 @@ def _frames_of_minivspw_lists(root: str, group: int, split: str, frames: Dict[Tu
             frames.setdefault((image, mask), _Frame(image=image, mask=mask, where=f"video {video}, frame {stem}"))
 
 
-def _check_frames(frames: Iterable[_Frame], show_progress: bool, workers: int) -> List[BadFile]:
+def _check_frames(frames: Iterable[_Frame], show_progress: bool, workers: int) -> CheckReport:
     frames = list(frames)
     bad: set = set()
+    empty: Dict[Any, List[int]] = {}
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         results = pool.map(_check_frame, frames)
-        for found in tqdm(results, total=len(frames), desc="checking frames", unit="frame",
-                          disable=not show_progress, dynamic_ncols=True):
+        for frame, (found, empty_classes) in tqdm(zip(frames, results), total=len(frames), desc="checking frames",
+                                                  unit="frame", disable=not show_progress, dynamic_ncols=True):
             bad.update(found)
-    return sorted(bad)
+            for class_id in frame.class_masks:
+                counts = empty.setdefault(class_id, [0, 0])
+                counts[0] += class_id in empty_classes
+                counts[1] += 1
+    return CheckReport(bad=sorted(bad), checked=len(frames),
+                       empty_segmentations={c: tuple(n) for c, n in sorted(empty.items(), key=lambda i: str(i[0]))})
 
 
 def find_bad_files(dataset: EpisodeDataset, *, show_progress: bool = False,
@@ -183,12 +212,19 @@ def find_bad_files(dataset: EpisodeDataset, *, show_progress: bool = False,
     """Decode every frame and mask that ``dataset`` (a built split) references; the bad ones, sorted."""
     frames: Dict[Tuple[str, str], _Frame] = {}
     _frames_of_dataset(dataset, frames)
-    return _check_frames(frames.values(), show_progress, workers)
+    return _check_frames(frames.values(), show_progress, workers).bad
 
 
 def check_dataset(name: str, root: str, group: int = 1, splits: Sequence[str] = SPLITS, *,
                   show_progress: bool = False, workers: int = DEFAULT_WORKERS) -> Tuple[List[BadFile], int]:
     """``(bad files, frames checked)`` of the given splits of a dataset on disk (deduplicated)."""
+    report = check_dataset_report(name, root, group, splits, show_progress=show_progress, workers=workers)
+    return report.bad, report.checked
+
+
+def check_dataset_report(name: str, root: str, group: int = 1, splits: Sequence[str] = SPLITS, *,
+                         show_progress: bool = False, workers: int = DEFAULT_WORKERS) -> CheckReport:
+    """The :class:`CheckReport` of the given splits of a dataset on disk (frames deduplicated)."""
     from . import build_dataset
 
     frames: Dict[Tuple[str, str], _Frame] = {}
@@ -200,7 +236,7 @@ def check_dataset(name: str, root: str, group: int = 1, splits: Sequence[str] = 
         else:
             dataset = build_dataset(name, root=root, split=split, group=group, episodes_per_class=1)
             _frames_of_dataset(dataset, frames)
-    return _check_frames(frames.values(), show_progress, workers), len(frames)
+    return _check_frames(frames.values(), show_progress, workers)
 
 
 def format_bad_files(bad: Sequence[BadFile], limit: Optional[int] = None) -> str:
@@ -209,6 +245,18 @@ def format_bad_files(bad: Sequence[BadFile], limit: Optional[int] = None) -> str
     lines = [str(b) for b in shown]
     if len(bad) > len(shown):
         lines.append(f"... and {len(bad) - len(shown)} more (python -m dataset.check lists them all)")
+    return "\n".join(lines)
+
+
+def format_empty_segmentations(counts: Dict[Any, Tuple[int, int]]) -> str:
+    """Lines for the classes with present-but-empty segmentations, then a total (see the module docstring)."""
+    total = sum(empty for empty, _ in counts.values())
+    present = sum(n for _, n in counts.values())
+    lines = [f"class {class_id}: {empty} of its {n} segmented frames have an empty segmentation"
+             for class_id, (empty, n) in counts.items() if empty]
+    lines.append(f"present-but-empty segmentations: {total} of {present} class frames in {len(lines)} of "
+                 f"{len(counts)} classes" + (" (the authors may draw them as supports with an empty mask; "
+                                             "skip_empty_supports=true redraws them)" if total else ""))
     return "\n".join(lines)
 
 
@@ -238,8 +286,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     args = build_parser().parse_args(argv)
     root = args.data_root or dataset_root({**DEFAULTS, "dataset": args.dataset})
-    bad, checked = check_dataset(args.dataset, root, args.group, args.splits, show_progress=sys.stderr.isatty(),
-                                 workers=args.workers)
+    report = check_dataset_report(args.dataset, root, args.group, args.splits, show_progress=sys.stderr.isatty(),
+                                  workers=args.workers)
+    bad, checked = report.bad, report.checked
+    if report.empty_segmentations:
+        print(format_empty_segmentations(report.empty_segmentations), file=sys.stderr)
     if bad:
         print(format_bad_files(bad))
         print(f"{len(bad)} bad file(s) among {checked} frames of {args.dataset} group {args.group} "

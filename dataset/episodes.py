@@ -7,7 +7,7 @@ workers, processes and resumed runs.
 
 from __future__ import annotations
 
-from typing import Sequence, TypeVar
+from typing import NamedTuple, Sequence, TypeVar
 
 import numpy as np
 
@@ -21,12 +21,26 @@ VideoT = TypeVar("VideoT")
 CLIP_LENGTH = DEFAULTS.clip_length
 
 
-def item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
-    """The generator of one episode: a pure function of ``(seed, epoch, index)``."""
-    for name, value in (("seed", seed), ("epoch", epoch), ("index", index)):
+class EpisodeKey(NamedTuple):
+    """A training item drawn for another class than its index's.
+
+    The authors' batch sampler replaces an index whose class is already in the batch by an
+    episode of a random other class (:class:`dataset.sampler.DifferentClassBatchSampler`). The
+    key keeps the replaced index (each index is drawn once per epoch) and names the class; its
+    episode has its own generator (``item_rng`` of index and class), so it is a fresh episode.
+    """
+    index: int
+    class_id: int
+
+
+def item_rng(seed: int, epoch: int, index: int, class_id: int | None = None) -> np.random.Generator:
+    """The generator of one episode: a pure function of ``(seed, epoch, index)`` (and of the class
+    of an :class:`EpisodeKey`)."""
+    extra = () if class_id is None else (class_id,)
+    for name, value in (("seed", seed), ("epoch", epoch), ("index", index), *(("class_id", v) for v in extra)):
         if int(value) < 0:
             raise DatasetError(f"{name} must be >= 0 to seed an episode, got {value}")
-    return np.random.default_rng([int(seed), int(epoch), int(index)])
+    return np.random.default_rng([int(seed), int(epoch), int(index), *(int(v) for v in extra)])
 
 
 def select_query_clips(frames: Sequence[FrameT], num_clips: int, rng: np.random.Generator,

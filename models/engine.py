@@ -80,7 +80,7 @@ class MemoryFrame:
         tokens = self.object_tokens.new_zeros(inside.shape[0], self.object_tokens.shape[-1])
         tokens[inside] = self.object_tokens
         return SupportEncoding(object=self.object, prototypes=self.prototypes, features=self.features,
-                               tokens=tokens[None, None])
+                               tokens=tokens[None, None], shots=0)
 
 
 def check_video(frames: torch.Tensor, support_img: torch.Tensor, support_mask: torch.Tensor) -> None:
@@ -211,7 +211,7 @@ class VideoSession:
             return
         features, masks, tokens = self._reliable
         self._reliable = None
-        encoded = self.segmenter.model.encode_support(features, masks, tokens=tokens)
+        encoded = self.segmenter.model.encode_support(features, masks, tokens=tokens, shots=0)
         self.memory_pool.extend(MemoryFrame.pack(encoded.select([i])) for i in range(masks.shape[1]))
         if self.segmenter.memory_pool_size > 0:
             del self.memory_pool[:-self.segmenter.memory_pool_size]

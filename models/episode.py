@@ -53,7 +53,8 @@ def train_episode(model: nn.Module, query_img: torch.Tensor, query_mask: torch.T
     """Run the clips of one episode in training mode.
 
     model: VIPMT in train mode, possibly wrapped in DistributedDataParallel (it is only called).
-    query_img [B,T,3,H,W], query_mask [B,T,1,H,W], support_img [B,S,3,H,W], support_mask [B,S,1,H,W].
+    query_img [B,T,3,H,W], query_mask [B,T,1,H,W], support_img [B,S,3,H,W], support_mask [B,S,1,H,W]
+    (S = 1..5 annotated supports: the transformer's support branch; memory frames go to its memory branch).
     backward: called with each clip's total loss right after its forward, so every clip's graph
     is freed before the next (the gradients add up to those of the summed loss).
     Under DistributedDataParallel with `backward`, every clip but the last runs its forward and
@@ -62,6 +63,7 @@ def train_episode(model: nn.Module, query_img: torch.Tensor, query_mask: torch.T
     Returns one dict per clip with the detached loss terms ('loss', 'main_loss', ...) and 'pred'.
     """
     defer_sync = isinstance(model, DistributedDataParallel) and backward is not None
+    shots = support_img.shape[1]        # every support image is annotated; memory frames follow them
     support_features, clip_features, results = None, [], []
     for index, plan in enumerate(plans):
         if plan.memory:
@@ -72,7 +74,7 @@ def train_episode(model: nn.Module, query_img: torch.Tensor, query_mask: torch.T
         local_only = defer_sync and index < len(plans) - 1
         # no_sync must cover the forward too: DDP arms its gradient hooks in forward.
         with model.no_sync() if local_only else contextlib.nullcontext():
-            out = model(query_img[:, plan.frames], query_mask[:, plan.frames], support, masks)
+            out = model(query_img[:, plan.frames], query_mask[:, plan.frames], support, masks, shots=shots)
             if backward is not None:
                 backward(out["loss"])
         if support_features is None:
@@ -99,7 +101,8 @@ def predict_episode(model: nn.Module, query_img: torch.Tensor, query_mask: torch
         if plan.memory:
             support = _join(support_features, _gather(clip_features[:-1], plan.memory))
             masks = torch.cat((support_mask, query_mask[:, plan.memory]), dim=1)
-        clip = model.predict_clip(clip_features[-1], support, masks, query_mask[:, plan.frames])
+        clip = model.predict_clip(clip_features[-1], support, masks, query_mask[:, plan.frames],
+                                  shots=support_img.shape[1])
         preds.append(clip.pred)
         scores.append(clip.score)
     return torch.cat(preds, dim=1), torch.cat(scores, dim=1)

@@ -21,6 +21,10 @@ POSITION_EPS = 1e-6
 IGNORE_LABEL = 255            # query-mask value that marks ignored pixels (positional encoding)
 SELF_ATTENTION_HEADS = 8
 SPATIAL_REDUCTION = 4
+# The authors' transformer takes the first 5 support frames as annotated supports and the rest as
+# memory, and passes no memory at all only when there are exactly 5 frames (`if s_t == 5`): fewer
+# frames get an EMPTY memory, whose prototype still adds LN(FFN(LN(0 + p))) to the clip prototype.
+AUTHORS_SHOTS = 5
 
 
 class FFN(nn.Module):
@@ -144,6 +148,20 @@ def residual_block(ch: int) -> nn.Sequential:
     return nn.Sequential(*conv_relu(ch, ch, 3), *conv_relu(ch, ch, 3))
 
 
+def support_memory_split(tokens: torch.Tensor, mask: torch.Tensor, shots: int, frames: int):
+    """The support branch's and the memory branch's (tokens, mask) from frame-major tokens [B, Ts*hw, C]
+    and mask [B, Ts*hw]: the first `shots` of the `frames` frames, and the rest. The memory is None
+    (no memory branch) when there are AUTHORS_SHOTS supports and no memory frame, else the rest,
+    possibly empty."""
+    if not 1 <= shots <= frames:
+        raise ValueError(f"shots={shots} must be in 1..{frames} (the support frames given)")
+    split = tokens.shape[1] // frames * shots
+    supports = (tokens[:, :split], mask[:, :split])
+    if shots == frames == AUTHORS_SHOTS:
+        return supports, None
+    return supports, (tokens[:, split:], mask[:, split:])
+
+
 @dataclass
 class TransformerOutput:
     query: torch.Tensor             # refined query features [B*Tq, C, h, w]
@@ -226,23 +244,25 @@ class VIPMTTransformer(nn.Module):
 
     def forward(self, query: torch.Tensor, support: torch.Tensor, support_mask: torch.Tensor,
                 adjusted_query: torch.Tensor, init_mask: torch.Tensor, ignore: torch.Tensor,
-                shots: int = 5) -> TransformerOutput:
+                shots: int | None = None) -> TransformerOutput:
         """Refine prototypes and query features.
 
         query [B,Tq,C,h,w] merged query features; support [B,Ts,C,h,w] merged support features;
         support_mask [B,Ts,h,w] bool (already made non-degenerate); adjusted_query [B,Tq,C,h,w]
         (the reduced layer2+3 features, for the cross-video maps); init_mask [B,Tq,h,w];
-        ignore [B,Tq,h,w] bool. The first `shots` support frames are the annotated supports;
-        when Ts != shots the rest is memory (possibly empty).
+        ignore [B,Tq,h,w] bool. The first `shots` support frames are the annotated supports (the
+        support branch; None: the authors' min(Ts, 5)), the other Ts - shots frames memory (the
+        memory branch). As the authors':
+        5 supports and no memory frame -> no memory branch; fewer supports and no memory frame
+        -> an empty memory branch (`support_memory_split`).
         """
         batch, frames, _, h, w = query.shape
         size = (h, w)
         query_tokens = rearrange(query, "b t c h w -> b (t h w) c")
         support_tokens = rearrange(support, "b s c h w -> b (s h w) c")
-        flat_support_mask = rearrange(support_mask, "b s h w -> b (s h w)")
-        split = min(shots, support.shape[1]) * h * w
-        supports = (support_tokens[:, :split], flat_support_mask[:, :split])
-        memory = None if support.shape[1] == shots else (support_tokens[:, split:], flat_support_mask[:, split:])
+        shots = min(support.shape[1], AUTHORS_SHOTS) if shots is None else shots
+        supports, memory = support_memory_split(support_tokens, rearrange(support_mask, "b s h w -> b (s h w)"),
+                                                shots, support.shape[1])
         adjusted_tokens = rearrange(adjusted_query, "b t c h w -> b (t h w) c")
         position = self.position_encoding(rearrange(ignore, "b t h w -> (b t) h w"))
         query_mask = rearrange(init_mask, "b t h w -> b (t h w)") > 0

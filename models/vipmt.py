@@ -25,14 +25,15 @@ from .losses import (AUX_QUERY_WEIGHT, AUX_SUPPORT_WEIGHT, FINAL_WEIGHT, INITIAL
                      contrast_loss, mean_bce, score_loss, segmentation_loss)
 from .prototypes import (ChannelPool, masked_average_pool, object_mask, pfe_mask, prior_map,
                          resize_mask_nearest, support_similarity)
-from .transformer import IGNORE_LABEL, VIPMTTransformer, conv1x1_with_constants, conv_relu, residual_block
+from .transformer import (AUTHORS_SHOTS, IGNORE_LABEL, VIPMTTransformer, conv1x1_with_constants, conv_relu,
+                          residual_block)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BACKBONE_WEIGHTS = REPO_ROOT / "pretrain_model" / "resnet50_v2.pth"
 DEFAULT_IMAGE_SIZE = tuple(DEFAULTS.image_size)
 FEATURE_DIM = 384
 REDUCE_DROPOUT = 0.5
-SHOTS = 5                  # annotated support images; support frames beyond them are memory
+SHOTS = AUTHORS_SHOTS      # the most annotated supports; without `shots`, support frames beyond 5 are memory
 
 Features = dict  # {'0'..'3': [B,T,C_k,h_k,w_k]} backbone features of a set of frames
 
@@ -53,19 +54,43 @@ class ClipPrediction:
 
 @dataclass
 class SupportEncoding:
-    """Per-frame support information (B samples, Ts frames); concatenable along frames."""
+    """Per-frame support information (B samples, Ts frames); concatenable along frames.
+
+    The first `shots` frames are annotated supports (the transformer's support branch), the rest
+    memory frames (its memory branch); `shots=None` means every frame is an annotated support.
+    """
     object: torch.Tensor        # 0/1 object mask at feature size [B,Ts,1,h,w]
     prototypes: torch.Tensor    # masked-average-pooled frame prototypes [B,Ts,C,1,1]
     features: torch.Tensor      # merged support features [B,Ts,C,h,w] (transformer tokens)
     tokens: torch.Tensor        # channel-pooled layer4 tokens [B,Ts,hw,c] (prior, PFE mask)
+    shots: int | None = None    # leading annotated frames; the other Ts - shots are memory frames
+
+    @property
+    def num_shots(self) -> int:
+        return self.object.shape[1] if self.shots is None else self.shots
+
+    @staticmethod
+    def _tensor_names() -> list[str]:
+        return [f.name for f in fields(SupportEncoding) if f.name != "shots"]
 
     @staticmethod
     def cat(parts: list["SupportEncoding"]) -> "SupportEncoding":
-        return SupportEncoding(*(torch.cat([getattr(p, f.name) for p in parts], dim=1) for f in fields(SupportEncoding)))
+        """Concatenate along frames; annotated frames must come first (supports, then memory)."""
+        shots, seen_memory = 0, False
+        for part in parts:
+            if part.num_shots and seen_memory:
+                raise ModelError("SupportEncoding.cat: annotated supports must come before memory frames")
+            shots += part.num_shots
+            seen_memory = seen_memory or part.num_shots < part.object.shape[1]
+        return SupportEncoding(*(torch.cat([getattr(p, name) for p in parts], dim=1)
+                                 for name in SupportEncoding._tensor_names()), shots=shots)
 
     def select(self, index: list) -> "SupportEncoding":
-        """Pick frames along Ts."""
-        return SupportEncoding(*(getattr(self, f.name)[:, index] for f in fields(SupportEncoding)))
+        """Pick frames along Ts (annotated frames first, as `cat`)."""
+        annotated = [i < self.num_shots for i in index]
+        if annotated != sorted(annotated, reverse=True):
+            raise ModelError("SupportEncoding.select: annotated supports must come before memory frames")
+        return SupportEncoding(*(getattr(self, name)[:, index] for name in self._tensor_names()), shots=sum(annotated))
 
 
 def _is_features(x) -> bool:
@@ -197,34 +222,43 @@ class VIPMT(nn.Module):
 
     # ------------------------------------------------------------------ composition
     def encode_support(self, support_features: Features, support_mask: torch.Tensor,
-                       tokens: torch.Tensor | None = None) -> "SupportEncoding":
+                       tokens: torch.Tensor | None = None, shots: int | None = None) -> "SupportEncoding":
         """Everything the model derives from each support (or memory) frame on its own.
 
         support_features [B,Ts,...] backbone features, support_mask [B,Ts,1,H,W] 0/1, tokens
-        [B,Ts,hw,c] the frames' pooled layer4 tokens if already computed (memory frames). The result
-        is per frame, so encodings of different frames can be concatenated (`SupportEncoding.cat`):
-        the video engine encodes supports once and each memory frame once.
+        [B,Ts,hw,c] the frames' pooled layer4 tokens if already computed (memory frames); shots:
+        how many leading frames are annotated supports (None: all, 0: memory frames only). The
+        result is per frame, so encodings of different frames can be concatenated
+        (`SupportEncoding.cat`): the video engine encodes supports once and each memory frame once.
         """
+        frames = support_mask.shape[1]
+        shots = frames if shots is None else shots
+        if not 0 <= shots <= min(frames, SHOTS):
+            raise ModelError(f"{shots} annotated support frame(s) given: the model takes 1 to {SHOTS} "
+                             f"(and memory frames: shots=0)")
         size = tuple(support_features["3"].shape[-2:])
         support_object = object_mask(support_mask, size)                           # [B,Ts,1,h,w]
         reduced = self.reduce_features(support_features, self.adjust_feature_supp)
         frame_prototypes = self.frame_prototypes(reduced, support_object)
         return SupportEncoding(object=support_object, prototypes=frame_prototypes,
                                features=self.merge_support(reduced, frame_prototypes),
-                               tokens=self.pooled_tokens(support_features) if tokens is None else tokens)
+                               tokens=self.pooled_tokens(support_features) if tokens is None else tokens,
+                               shots=shots)
 
     def predict_clip(self, query_features: Features, support: "SupportEncoding | Features",
                      support_mask: torch.Tensor | None = None,
-                     query_mask: torch.Tensor | None = None) -> ClipPrediction:
+                     query_mask: torch.Tensor | None = None, shots: int | None = None) -> ClipPrediction:
         """One query clip against its supports (and memory frames), from backbone features.
 
         query_features [B,Tq,...] (see `extract_features`); support: backbone features
-        [B,Ts,...] together with support_mask [B,Ts,1,H,W], or an already computed
-        `SupportEncoding`; query_mask [B,Tq,1,H,W] or None (only its 255 "ignore" pixels are
-        read here, for the positional encoding).
+        [B,Ts,...] together with support_mask [B,Ts,1,H,W] (the first `shots` frames annotated
+        supports, the rest memory; `shots=None`: the authors' rule, min(Ts, 5)), or an already
+        computed `SupportEncoding` (which knows its shots); query_mask [B,Tq,1,H,W] or None (only
+        its 255 "ignore" pixels are read here, for the positional encoding).
         """
         if not isinstance(support, SupportEncoding):
-            support = self.encode_support(support, support_mask)
+            support = self.encode_support(support, support_mask,
+                                          shots=check_shots(shots, support["3"].shape[1]))
         batch, frames, _, h, w = query_features["3"].shape
         size = (h, w)
         query = self.reduce_features(query_features, self.adjust_feature_qry)
@@ -242,7 +276,7 @@ class VIPMT(nn.Module):
         else:
             ignore = resize_mask_nearest(query_mask, size)[:, :, 0] == IGNORE_LABEL
         refined = self.transformer(merged_query, support.features, attention_support_mask(support.object),
-                                   query, init_mask, ignore, shots=SHOTS)
+                                   query, init_mask, ignore, shots=support.num_shots)
 
         logits = self.output_logits(refined.query, batch)
         full_logits = self.upsample(self.upsample1, logits)
@@ -273,10 +307,11 @@ class VIPMT(nn.Module):
         }
 
     def forward(self, query_img: torch.Tensor, query_mask: torch.Tensor | None,
-                support_img: torch.Tensor | Features, support_mask: torch.Tensor):
+                support_img: torch.Tensor | Features, support_mask: torch.Tensor, shots: int | None = None):
         """query_img [B,Tq,3,H,W]; query_mask [B,Tq,1,H,W] (None allowed in eval);
         support_img [B,Ts,3,H,W] images, or their backbone features (training clips 2 and 3);
-        support_mask [B,Ts,1,H,W].
+        support_mask [B,Ts,1,H,W]; shots: how many leading support frames are annotated supports
+        (1-5; the others are memory frames); None = the authors' rule: the first min(Ts, 5).
 
         eval: returns (pred [B,Tq,H,W] int64, score [B,Tq]).
         train: returns a dict with 'pred', 'main_loss', 'aux_loss', 'contrast_loss',
@@ -284,9 +319,10 @@ class VIPMT(nn.Module):
         'support_features' for feature reuse.
         """
         check_inputs(self.image_size, query_img, query_mask, support_img, support_mask, self.training)
+        shots = check_shots(shots, support_mask.shape[1])
         query_features = self.extract_features(query_img)
         support_features = support_img if _is_features(support_img) else self.extract_features(support_img)
-        clip = self.predict_clip(query_features, support_features, support_mask, query_mask)
+        clip = self.predict_clip(query_features, support_features, support_mask, query_mask, shots=shots)
         if not self.training:
             return clip.pred, clip.score
         terms = self.losses(clip, query_mask, support_mask)
@@ -309,6 +345,17 @@ def attention_support_mask(support_object: torch.Tensor) -> torch.Tensor:
     corners = (slice(None), slice(None), [0, 0, -1, -1], [0, -1, 0, -1])
     mask[corners] &= ~full[..., None]
     return mask
+
+
+def check_shots(shots: int | None, support_frames: int) -> int:
+    """The number of annotated supports among `support_frames` frames: `shots`, checked, or the
+    authors' rule min(Ts, 5) when None. ModelError for a number out of 1..min(Ts, 5)."""
+    if shots is None:
+        return min(support_frames, SHOTS)
+    if isinstance(shots, bool) or not isinstance(shots, int) or not 1 <= shots <= min(support_frames, SHOTS):
+        raise ModelError(f"shots={shots!r}: expected the number of annotated supports, 1 to {SHOTS} and at most "
+                         f"the {support_frames} support frame(s) given (the others are memory frames)")
+    return shots
 
 
 def check_inputs(image_size, query_img, query_mask, support_img, support_mask, training: bool) -> None:

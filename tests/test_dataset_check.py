@@ -122,3 +122,27 @@ def test_skimmed_arrays_resolve_correctly_from_many_threads(ytvis_clean):
     with ThreadPoolExecutor(max_workers=8) as pool:
         rounds = list(pool.map(lambda _: [index.arrays.resolve(p) for p in placeholders], range(64)))
     assert all(found == expected for found in rounds)
+
+
+def test_present_but_empty_segmentations_are_counted_per_class(ytvis_clean, tmp_path, capsys):
+    import json
+
+    root = str(tmp_path / "ytvis")
+    shutil.copytree(ytvis_clean, root)
+    path = os.path.join(root, "train", "train.json")
+    data = json.load(open(path))
+    videos = {v["id"]: v for v in data["videos"]}
+    ann = next(a for a in data["annotations"] if a["category_id"] == 3 and sum(s is not None for s in a["segmentations"]) >= 2)
+    others = [a for a in data["annotations"] if a["category_id"] == 3 and a["video_id"] == ann["video_id"] and a is not ann]
+    video = videos[ann["video_id"]]
+    frames = [i for i, s in enumerate(ann["segmentations"]) if s is not None
+              and all(o["segmentations"][i] is None for o in others)][:2]     # no other class-3 instance there
+    assert frames
+    for i in frames:
+        ann["segmentations"][i] = {"counts": [video["height"] * video["width"]], "size": [video["height"], video["width"]]}
+    json.dump(data, open(path, "w"))
+    assert main(["--dataset", "youtube_vis", "--data-root", root, "--group", "1"]) == 0
+    err = capsys.readouterr().err
+    assert f"class 3: {len(frames)} of its " in err
+    assert f"present-but-empty segmentations: {len(frames)} of " in err and "in 1 of 4 classes" in err
+    assert "skip_empty_supports=true" in err

@@ -335,7 +335,11 @@ def _empty_rle(height, width):
     return {"counts": [height * width], "size": [height, width]}
 
 
-def test_empty_support_masks_are_replaced(ytvis_root, tmp_path, annotations):
+def test_empty_support_masks_are_drawn_as_the_authors_or_replaced_with_the_opt_in(ytvis_root, tmp_path, annotations,
+                                                                                   caplog):
+    """Half of class 2's instances hold present-but-empty segmentations. The default (the authors')
+    draws some of those frames as supports, with empty masks; skip_empty_supports=True replaces
+    them; both pick the same frame wherever the default's is not empty (same generator)."""
     root = copy_tree(ytvis_root, str(tmp_path / "copy"))
     data = json.loads(json.dumps(annotations))
     class_id = 2
@@ -349,12 +353,22 @@ def test_empty_support_masks_are_replaced(ytvis_root, tmp_path, annotations):
         emptied.add(video["file_names"][0].split("/")[0])
     with open(os.path.join(root, "train", "train.json"), "w") as handle:
         json.dump(data, handle)
-    dataset = make(root, "val", group=2, episodes_per_class=6)
-    start = dataset.classes.index(class_id) * 6
-    for index in range(start, start + 6):
-        item = dataset[index]
-        assert (item["support_mask"].flatten(1).sum(1) > 0).all()
-    assert emptied
+    skipping = make(root, "val", group=2, episodes_per_class=12, skip_empty_supports=True)
+    authors = make(root, "val", group=2, episodes_per_class=12)
+    start = skipping.classes.index(class_id) * 12
+    empty_drawn = 0
+    with caplog.at_level(logging.INFO, logger="dataset"):
+        for index in range(start, start + 12):
+            item = skipping[index]
+            assert (item["support_mask"].flatten(1).sum(1) > 0).all()
+            drawn = authors[index]
+            empty = drawn["support_mask"].flatten(1).sum(1) == 0
+            empty_drawn += int(empty.sum())
+            if not empty.any():
+                assert drawn["support_videos"] == item["support_videos"]
+                assert torch.equal(drawn["support_img"], item["support_img"])
+    assert emptied and empty_drawn > 0
+    assert "kept, as the authors do" in caplog.text
 
 
 def test_all_support_masks_empty_is_not_a_crash(ytvis_root, tmp_path, annotations, caplog):
@@ -368,7 +382,7 @@ def test_all_support_masks_empty_is_not_a_crash(ytvis_root, tmp_path, annotation
                                     for s in ann["segmentations"]]
     with open(os.path.join(root, "train", "train.json"), "w") as handle:
         json.dump(data, handle)
-    dataset = make(root, "val", group=2, episodes_per_class=1)
+    dataset = make(root, "val", group=2, episodes_per_class=1, skip_empty_supports=True)
     with caplog.at_level(logging.WARNING, logger="dataset"):
         item = dataset[dataset.classes.index(2)]
     assert item["support_mask"].sum() == 0 and item["query_mask"].sum() == 0
@@ -410,3 +424,22 @@ def test_build_dataset_rejects_unknown_names(ytvis_root):
         build_dataset("davis", root=ytvis_root)
     with pytest.raises(DatasetError, match="lists_dir"):
         build_dataset("youtube_vis", root=ytvis_root, lists_dir="x")
+
+
+def test_an_episode_key_is_a_fresh_episode_of_its_class(ytvis_root):
+    """The authors' sampler replaces a repeated class by an EpisodeKey: an episode of the key's class,
+    with its own random draws (not a copy of an item of that class)."""
+    from dataset import EpisodeKey
+
+    dataset = make(ytvis_root, "train", group=1, episodes_per_class=2)
+    first, other = dataset.classes[0], dataset.classes[1]
+    item = dataset[EpisodeKey(0, other)]
+    assert item["class_id"] == other and dataset.class_of_index(EpisodeKey(0, other)) == other
+    assert item["video"] in dataset.videos_of_class(other)
+    assert set(item["support_videos"]) <= set(dataset.videos_of_class(other))
+    same = [dataset[i] for i in range(len(dataset)) if dataset.class_of_index(i) == other]
+    assert all(not torch.equal(item["query_img"], s["query_img"]) for s in same)
+    assert torch.equal(dataset[EpisodeKey(0, other)]["query_img"], item["query_img"])     # deterministic
+    assert dataset[0]["class_id"] == first
+    with pytest.raises(DatasetError, match="not a train class"):
+        dataset[EpisodeKey(0, 1)]                                  # class 1 is held out in group 1

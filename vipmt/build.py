@@ -81,7 +81,7 @@ def build_split(cfg, split: str, *, episodes_per_class: int, seed: int, augment:
                          image_size=tuple(cfg.image_size), query_frames=cfg.query_frames,
                          support_shots=cfg.support_shots, episodes_per_class=episodes_per_class,
                          seed=seed, augment=augment, clip_length=cfg.clip_length,
-                         letterbox_per_frame=cfg.letterbox_per_frame)
+                         letterbox_per_frame=cfg.letterbox_per_frame, skip_empty_supports=cfg.skip_empty_supports)
 
 
 def backbone_weights_path(cfg, *, required: bool, warn: bool = True) -> Optional[str]:
@@ -181,7 +181,8 @@ def build_training_data(cfg, dist_info: du.DistInfo, device: torch.device) -> Tr
     train_set = build_split(cfg, "train", episodes_per_class=cfg.episodes_per_class, seed=cfg.seed, augment=True)
     val_set = build_split(cfg, "val", episodes_per_class=cfg.val_episodes_per_class, seed=cfg.seed, augment=False)
     sampler = DifferentClassBatchSampler(train_set, batch_size=cfg.batch_size, seed=cfg.seed,
-                                         num_replicas=dist_info.world_size, rank=dist_info.rank)
+                                         num_replicas=dist_info.world_size, rank=dist_info.rank,
+                                         balanced=cfg.balanced_class_sampler)
     if sampler.batches_per_epoch() == 0:
         raise UserError(f"the train split gives no batch of batch_size={cfg.batch_size} on each of "
                         f"{dist_info.world_size} process(es); lower batch_size or raise episodes_per_class")

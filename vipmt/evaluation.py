@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from config import config_to_dict
+from config import DEFAULTS, config_to_dict
 from utils.fileio import atomic_write_json, unwritable_reason
 from utils.log import setup_logging
 from utils.metrics import FewShotEvaluator, jaccard
@@ -136,7 +136,19 @@ def model_under_test(values: Mapping[str, Any], *, checkpoint: Optional[str], tr
     loaded = load_trained_model(path, image_size=values.get("image_size"), trusted=trusted)
     if "image_size" not in values:                # the size the model was trained for
         cfg = resolve_config({}, dict(values, image_size=list(loaded.model.image_size)))
+    warn_if_shots_differ(loaded.config, cfg.support_shots)
     return cfg, loaded
+
+
+def warn_if_shots_differ(trained_config: Optional[Mapping[str, Any]], test_shots: int) -> None:
+    """A warning when the model is tested with another number of annotated supports than it was
+    trained with (an authors' checkpoint, without a config, was trained with 5)."""
+    trained = (trained_config or {}).get("support_shots", DEFAULTS.support_shots)
+    if trained != test_shots:
+        logger.warning("the model was trained with %d annotated support(s) per episode and is tested with %d: "
+                       "a distribution shift (the support branch sees fewer/more frames than in training); "
+                       "for a %d-shot protocol train with support_shots=%d", trained, test_shots, test_shots,
+                       test_shots)
 
 
 def class_name_of(dataset, class_id: int) -> str:

@@ -22,7 +22,8 @@ import sys
 import threading
 from typing import Any, Iterator, List, Mapping, Optional, Sequence
 
-from config import OPTIMIZER_KEYS, ConfigError, read_config_file, resume_changes, save_config, update_config
+from config import (OPTIMIZER_KEYS, ConfigError, complete_saved_config, read_config_file, resume_changes, save_config,
+                    update_config)
 from utils import distributed as du
 from utils.checkpoint import is_resumable, load_checkpoint
 from utils.fileio import unwritable_reason
@@ -160,7 +161,12 @@ def _resolve_resumed_config(values: Mapping[str, Any], ckpt: Mapping[str, Any], 
     output_dir / run_name name the directory the run continues in (--resume-from may point
     elsewhere than they said).
     """
-    saved = resolve_config(ckpt.get("config") or {}, {})
+    saved_values, legacy = complete_saved_config(ckpt.get("config") or {})
+    if legacy:
+        logger.warning("the checkpoint's config predates %s: its run used %s (the behaviour then), and "
+                       "the resumed run continues with it", ", ".join(legacy),
+                       ", ".join(f"{key}={value}" for key, value in legacy.items()))
+    saved = resolve_config(saved_values, {})
     cfg = resolve_config(saved, values)
     if os.path.abspath(run_directory(cfg)) != os.path.abspath(run_dir):
         cfg = update_config(cfg, {"output_dir": os.path.dirname(run_dir), "run_name": os.path.basename(run_dir)})
