@@ -360,3 +360,17 @@ def test_extreme_aspect_ratio_is_a_clear_error(workspace, tmp_path, capsys):
     assert run(workspace, **{"--video": str(frames), "--output": str(tmp_path / "out")}) == 2
     err = capsys.readouterr().err
     assert "video frame 0 is 3000x2: too elongated" in err and "Traceback" not in err
+
+
+def test_a_checkpoint_changed_on_disk_is_refused(workspace, tmp_path, capsys):
+    root, checkpoint = workspace[0], workspace[1]
+    data = bytearray(checkpoint.read_bytes())
+    middle = len(data) // 2 // 4 * 4                         # inside the backbone's weights
+    data[middle:middle + 4] = np.float32(3e38).tobytes()     # finite: only the archive's CRC tells
+    rotten = tmp_path / "rotten.pth"
+    rotten.write_bytes(bytes(data))
+    out = tmp_path / "out"
+    assert run(workspace, **{"--checkpoint": str(rotten), "--output": str(out)}) == 2
+    err = capsys.readouterr().err
+    assert f"error: checkpoint {str(rotten)!r} is corrupt: archive member" in err and "CRC" in err
+    assert not out.exists()

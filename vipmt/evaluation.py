@@ -129,7 +129,7 @@ def model_under_test(values: Mapping[str, Any], *, checkpoint: Optional[str], tr
         seed_everything(cfg.seed)                 # the same initial weights as train.py's
         model = build_model(cfg, backbone_weights=backbone_weights_path(cfg, required=True))
         return cfg, LoadedModel(model=model.eval(), config=None, description="none (untrained)")
-    if not os.path.isfile(path):
+    if not os.path.exists(path):                  # a directory: load_checkpoint names it as one
         hint = (f"train first (python train.py --group {cfg.group}) or pass --checkpoint PATH"
                 if checkpoint is None else "check the path")
         raise UserError(f"checkpoint {path!r} does not exist; {hint}")

@@ -54,7 +54,7 @@ def find_resume_checkpoint(cfg, resume_from: Optional[str]) -> str:
                             f"--resume, or name the run to continue: --resume-from CHECKPOINT, or "
                             f"--run-name NAME (and --output-dir DIR) of an earlier run.")
         return path
-    if not os.path.isfile(resume_from):
+    if not os.path.exists(resume_from):           # a directory: load_checkpoint names it as one
         raise UserError(f"--resume-from: checkpoint {resume_from!r} does not exist")
     return resume_from
 
