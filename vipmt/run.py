@@ -25,8 +25,8 @@ from typing import Any, Iterator, List, Mapping, Optional, Sequence
 from config import OPTIMIZER_KEYS, ConfigError, read_config_file, resume_changes, save_config, update_config
 from utils import distributed as du
 from utils.checkpoint import is_resumable, load_checkpoint
-from utils.fileio import unwritable_reason
-from utils.log import close_file_handlers, setup_logging
+from utils.fileio import WriteError, unwritable_reason
+from utils.log import FILE_ONLY, close_file_handlers, setup_logging
 from utils.runlock import LOCK_FILE, RunLock
 from utils.runtime import EXIT_FAILURE, EXIT_INTERRUPTED, UserError, resolve_device
 
@@ -258,6 +258,9 @@ def _train_in(run_dir: str, cfg, values: Mapping[str, Any], *, hold: Optional[Ru
         try:
             with StopSignals(dist_info).handled() as signals:
                 status = trainer.fit(stop_after=stop_after, stop_signal=signals.received)
+        except WriteError as exc:              # a full disk: every earlier checkpoint is intact (atomic writes)
+            logger.error("error: %s", exc, extra=FILE_ONLY)     # the wrapper prints it on stderr
+            raise
         except TrainingError as exc:
             logger.error("%s", exc)
             if dist_info.is_main:
