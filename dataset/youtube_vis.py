@@ -85,6 +85,16 @@ class YouTubeVISIndex:
     segmentations: list[list[Any]]      # annotation row -> per-frame segmentation or None
     category_names: dict[int, str]
     arrays: "NumberArrayStore"          # the long number arrays left in the file (see below)
+    # category id outside 1..NUM_CATEGORIES -> its number of annotations (no fold uses them)
+    unknown_categories: dict[int, int] = field(default_factory=dict)
+
+    def unknown_categories_message(self) -> str | None:
+        """Names the annotations of categories no fold uses (id: count), or None if there are none."""
+        if not self.unknown_categories:
+            return None
+        counts = ", ".join(f"id {c}: {n}" for c, n in sorted(self.unknown_categories.items()))
+        return (f"{sum(self.unknown_categories.values())} annotation(s) have category ids outside "
+                f"1..{NUM_CATEGORIES}, the YouTube-VIS 2019 classes ({counts}); no fold uses them")
 
     def videos_of_class(self, class_id: int) -> list[str]:
         return sorted(name for name, rec in self.videos.items() if class_id in rec.class_frames)
@@ -227,6 +237,7 @@ def _index_cached(path: str, size: int, mtime_ns: int) -> YouTubeVISIndex:
                                   f"'height' or 'width'") from None
 
     segmentations: list[list[Any]] = []
+    unknown_categories: dict[int, int] = {}
     for position, ann in enumerate(data["annotations"]):
         try:
             record = videos_by_id[ann["video_id"]]
@@ -242,6 +253,8 @@ def _index_cached(path: str, size: int, mtime_ns: int) -> YouTubeVISIndex:
                 f"{path}: annotation id {ann.get('id')} of video {record.name} has "
                 f"{len(segs) if isinstance(segs, list) else 'no'} segmentations for "
                 f"{len(record.file_names)} frames (expected one per frame, null where absent)")
+        if not 1 <= class_id <= NUM_CATEGORIES:
+            unknown_categories[class_id] = unknown_categories.get(class_id, 0) + 1
         present = [i for i, seg in enumerate(segs) if seg is not None]
         if not present:
             continue
@@ -264,8 +277,11 @@ def _index_cached(path: str, size: int, mtime_ns: int) -> YouTubeVISIndex:
             raise _fail_structure(path, f"two videos share the folder name {record.name!r}")
         videos[record.name] = record
     logger.info("indexed %s: %d videos, %d annotations", path, len(videos), len(segmentations))
-    return YouTubeVISIndex(path=path, videos=videos, segmentations=segmentations,
-                           category_names=names, arrays=arrays)
+    index = YouTubeVISIndex(path=path, videos=videos, segmentations=segmentations,
+                            category_names=names, arrays=arrays, unknown_categories=unknown_categories)
+    if index.unknown_categories_message():
+        logger.warning("%s: %s", path, index.unknown_categories_message())   # once: the index is cached
+    return index
 
 
 def _unchanged(value: Any) -> Any:

@@ -122,3 +122,28 @@ def test_skimmed_arrays_resolve_correctly_from_many_threads(ytvis_clean):
     with ThreadPoolExecutor(max_workers=8) as pool:
         rounds = list(pool.map(lambda _: [index.arrays.resolve(p) for p in placeholders], range(64)))
     assert all(found == expected for found in rounds)
+
+
+def test_unknown_category_ids_and_degenerate_annotations_are_listed(ytvis_clean, tmp_path, caplog):
+    import json
+
+    root = str(tmp_path / "ytvis")
+    shutil.copytree(ytvis_clean, root)
+    path = os.path.join(root, "train", "train.json")
+    data = json.load(open(path))
+    annotations = data["annotations"]
+    for category in (0, 99, 99):                               # dropped by every fold
+        annotations.append(dict(annotations[0], id=len(annotations) + 100, category_id=category))
+    degenerate = next(a for a in annotations if a["category_id"] == 1)   # class 1: the test split of group 1
+    present = [i for i, seg in enumerate(degenerate["segmentations"]) if seg is not None]
+    degenerate["segmentations"] = [[[1.0, 1.0, 5.0, 5.0]] if seg is not None else None       # 2 points
+                                   for seg in degenerate["segmentations"]]
+    json.dump(data, open(path, "w"))
+    video = next(v for v in data["videos"] if v["id"] == degenerate["video_id"])["file_names"][0].split("/")[0]
+    with caplog.at_level("WARNING"):
+        bad, _ = check_dataset("youtube_vis", root, group=1, splits=["test"])
+    expected = "3 annotation(s) have category ids outside 1..40, the YouTube-VIS 2019 classes (id 0: 1, id 99: 2)"
+    assert any(expected in record.getMessage() for record in caplog.records)   # when indexing, for training too
+    assert BadFile(path, expected + "; no fold uses them") in bad
+    empty = [b for b in bad if "mask is empty (degenerate" in b.reason]
+    assert len(empty) == len(present) and all(f"class 1: video {video}, frame" in b.reason for b in empty)
