@@ -62,3 +62,19 @@ def fill_filesystem(path, leave_bytes: int) -> None:
     free = shutil.disk_usage(path).free
     with open(filler, "wb") as f:
         f.write(b"\0" * max(0, free - leave_bytes))
+
+
+def fail_fsync_of(monkeypatch, path_part: str) -> None:
+    """Make fsync raise ENOSPC for every file whose path contains ``path_part`` (found via /proc, so
+    Linux only): a full disk as file systems with delayed allocation report it, where no small
+    file system can be mounted."""
+    import errno
+
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        if path_part in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)

@@ -147,3 +147,26 @@ def test_unknown_category_ids_and_degenerate_annotations_are_listed(ytvis_clean,
     assert BadFile(path, expected + "; no fold uses them") in bad
     empty = [b for b in bad if "mask is empty (degenerate" in b.reason]
     assert len(empty) == len(present) and all(f"class 1: video {video}, frame" in b.reason for b in empty)
+
+
+def test_a_split_whose_every_annotation_is_degenerate_is_refused_when_built(ytvis_clean, tmp_path, caplog):
+    import json
+
+    root = str(tmp_path / "ytvis")
+    shutil.copytree(ytvis_clean, root)
+    path = os.path.join(root, "train", "train.json")
+    data = json.load(open(path))
+    kept = next(a for a in data["annotations"] if a["category_id"] == 1)
+    for annotation in data["annotations"]:
+        if annotation is not kept:
+            annotation["segmentations"] = [[[1.0, 1.0, 5.0, 5.0]] if seg is not None else None
+                                           for seg in annotation["segmentations"]]
+    json.dump(data, open(path, "w"))
+    with pytest.raises(DatasetError, match=r"annotations of the train classes are degenerate .* nothing to learn"):
+        build_dataset("youtube_vis", root=root, split="train", group=1, image_size=(64, 64))
+    with caplog.at_level("WARNING"):        # class 1 (test) keeps one good annotation: a warning names the other
+        build_dataset("youtube_vis", root=root, split="test", group=1, image_size=(64, 64))
+    total = sum(a["category_id"] == 1 and any(seg is not None for seg in a["segmentations"])
+                for a in data["annotations"])
+    expected = f"{total - 1} of the {total} annotations of the test classes are degenerate"
+    assert total > 1 and any(expected in r.getMessage() for r in caplog.records)

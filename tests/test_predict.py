@@ -234,21 +234,12 @@ def test_full_disk_keeps_the_earlier_outputs_exactly(workspace, tmp_path, capsys
 
 def test_failed_fsync_keeps_the_earlier_outputs_exactly(workspace, tmp_path, capsys, monkeypatch):
     """The disk-full case where no small file system can be mounted: the 4th mask's fsync fails
-    (file systems with delayed allocation report a full disk there). Linux: names the file by /proc."""
-    import errno
-
-    import utils.fileio
+    (file systems with delayed allocation report a full disk there)."""
+    from helpers import fail_fsync_of
 
     out = tmp_path / "good"
     before = earlier_outputs(out)
-    real_fsync = os.fsync
-
-    def fsync_fails_on_the_4th_mask(fd):
-        if os.readlink(f"/proc/self/fd/{fd}").endswith("/masks/00003.png"):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real_fsync(fd)
-
-    monkeypatch.setattr(utils.fileio.os, "fsync", fsync_fails_on_the_4th_mask)
+    fail_fsync_of(monkeypatch, "/masks/00003.png")
     assert run(workspace, **{"--output": str(out)}) == 2
     err = capsys.readouterr().err
     assert "error: cannot write" in err and "00003.png" in err and "No space left on device" in err

@@ -118,21 +118,13 @@ def test_unwritable_output_is_refused_before_the_model_is_loaded(setup, tmp_path
 def test_full_disk_keeps_the_results_in_a_fallback_file_it_names(setup, tmp_path, monkeypatch, capsys):
     """The results JSON cannot be written (its fsync fails with ENOSPC, as on a full file system
     with delayed allocation): the table goes to stdout and the JSON to a fallback file; exit 2."""
-    import errno
     import tempfile
 
-    import utils.fileio
+    from helpers import fail_fsync_of
 
     root, data, ours, _ = setup
     out = tmp_path / "full" / "results.json"
-    real_fsync = os.fsync
-
-    def fsync_fails_on_the_results(fd):
-        if "/.results.json.tmp" in os.readlink(f"/proc/self/fd/{fd}"):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real_fsync(fd)
-
-    monkeypatch.setattr(utils.fileio.os, "fsync", fsync_fails_on_the_results)
+    fail_fsync_of(monkeypatch, "/.results.json.tmp")
     (tmp_path / "fallback").mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "fallback"))
     assert run(test_script, ["--data-root", data, "--checkpoint", ours, "--output", out] + ARGS) == 2

@@ -380,22 +380,13 @@ def test_full_disk_is_one_error_in_stderr_and_train_log_and_keeps_last_pth(strai
     """The disk fills while a resumed run rewrites last.pth (its fsync fails, as on a file system
     with delayed allocation; test_predict.py mounts a real small one): one error line on stderr and
     in train.log, exit 2, the earlier last.pth intact."""
-    import errno
-
-    import utils.fileio
+    from helpers import fail_fsync_of
 
     common, straight_dir = straight
     (tmp_path / "full").mkdir()
     os.link(straight_dir / "last.pth", tmp_path / "full" / "last.pth")
     before = (tmp_path / "full" / "last.pth").read_bytes()
-    real_fsync = os.fsync
-
-    def fsync_fails_on_last_pth(fd):
-        if "/.last.pth.tmp" in os.readlink(f"/proc/self/fd/{fd}"):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real_fsync(fd)
-
-    monkeypatch.setattr(utils.fileio.os, "fsync", fsync_fails_on_last_pth)
+    fail_fsync_of(monkeypatch, "/.last.pth.tmp")
     more = with_overrides(common, "epochs=3") + ["--stop-after", "5"]      # one more step, then last.pth
     assert run(train, more + ["--resume-from", tmp_path / "full/last.pth"]) == 2
     err = capsys.readouterr().err
