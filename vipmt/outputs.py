@@ -112,7 +112,11 @@ class PredictionOutputs:
 
     def _release(self) -> None:
         """Release the lock; a folder this run created and left empty goes (the lock file last, still held)."""
-        if self._created and self._lock.held and os.listdir(self.out_dir) == [LOCK_FILE]:
+        try:
+            only_the_lock = os.listdir(self.out_dir) == [LOCK_FILE]
+        except OSError:
+            only_the_lock = False
+        if self._created and self._lock.held and only_the_lock:
             os.unlink(self._lock.path)
             self._lock.release()
             try:

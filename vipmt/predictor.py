@@ -60,6 +60,10 @@ class VideoSource:
     video: a video file (anything OpenCV reads), a folder of frame images (sorted by name), an
     array [T, h, w, 3] or an iterable of RGB uint8 frames [h, w, 3] (e.g. a generator). Every frame
     must have the first frame's size. `fps` and `length` are None where the source does not say.
+    A video file that ends before the frame count it declares raises VideoTruncatedError (a
+    UserError) after its last
+    frame, unless allow_truncated (then `truncation` says how many frames were read); a folder
+    with two frames named alike but for the extension is refused.
     """
 
     def __init__(self, video: Any, *, allow_truncated: bool = False):
