@@ -22,7 +22,7 @@ from typing import Any, Callable
 from .tempnames import remove_temporaries
 from .tempnames import temp_path as _temp_path
 
-__all__ = ["WriteError", "write_error", "free_space", "write_file_checked", "atomic_copy", "atomic_write",
+__all__ = ["WriteError", "write_error", "free_space", "write_file_checked", "fsync_file", "atomic_copy", "atomic_write",
            "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_torch_save",
            "remove_stale_temporaries", "unwritable_reason"]
 
@@ -81,20 +81,34 @@ def write_error(path: str, exc: BaseException) -> "WriteError | None":
     return WriteError(cause.errno, f"cannot write {path!r}: {reason} ({free_space(path)})")
 
 
-def write_file_checked(path: str, data: bytes) -> None:
+def write_file_checked(path: str, data: bytes, *, fsync: bool = True) -> None:
     """Write ``data`` to a new file ``path`` (not atomically: for files inside a staging folder) and
-    verify its size; WriteError on any failure or short write. The file is fsync'ed, so a full disk
-    that the file system reports only when it allocates the blocks is caught here too."""
+    verify its size; WriteError on any failure or short write. The file is fsync'ed (``fsync=False``:
+    the caller calls :func:`fsync_file` later, e.g. on a thread), so a full disk that the file
+    system reports only when it allocates the blocks is caught too."""
     try:
         with open(path, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                os.fsync(f.fileno())
         size = os.path.getsize(path)
     except OSError as exc:
         raise write_error(path, exc) from None
     if size != len(data):
         raise WriteError(errno.EIO, f"cannot write {path!r}: {size} of {len(data)} bytes written ({free_space(path)})")
+
+
+def fsync_file(path: str) -> None:
+    """Flush a written file to disk (fsync works on any descriptor of the file); WriteError on failure."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise write_error(path, exc) from None
 
 
 def remove_stale_temporaries(directory: str) -> list:
