@@ -12,33 +12,29 @@ to the model's input size, segmented with reliable memory, and the masks are map
 original resolution.
 
 Writes into --output: masks/<frame>.png (0/255, original size), overlay.mp4 (object in red) and
-predictions.json (per-frame predicted IoU score and object fraction).
+predictions.json (per-frame predicted IoU score and object fraction). All three are written to a
+hidden staging folder and swapped in only once all are written and verified: a full disk, a bad
+frame or Ctrl-C leaves an earlier run's outputs exactly as they were (vipmt/outputs.py). The
+folder is locked while a run writes it. A video file that ends before the frame count it declares
+is an error unless --allow-truncated.
 """
 from __future__ import annotations
 
 import argparse
 import logging
-import os
-import shutil
 import sys
-import tempfile
-from typing import Iterable, Sequence
+from typing import Sequence
 
-import cv2
-import numpy as np
 from tqdm import tqdm
 
 from config.config import DEFAULTS
-from utils.fileio import atomic_write_json, unwritable_reason
-from utils.runtime import UserError, resolve_device, reuse_freed_memory
-from utils.video import VideoWriter
-from utils.visualize import tint
+from utils.runtime import resolve_device, reuse_freed_memory
 from vipmt.cli import run
-from vipmt.predictor import FrameResult, Predictor, open_video, prepare_supports
+from vipmt.outputs import PredictionOutputs
+from vipmt.predictor import Predictor, open_video, prepare_supports
 
 logger = logging.getLogger("predict")
 
-OVERLAY_COLOR_RGB = (255, 0, 0)   # red
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,76 +65,35 @@ def build_parser() -> argparse.ArgumentParser:
                         help="allow checkpoints with arbitrary pickled objects (files you trust only)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the outputs of an earlier run in --output (refused without it)")
+    parser.add_argument("--allow-truncated", action="store_true",
+                        help="a video file that ends before its declared frame count (cut short, or a frame "
+                             "that does not decode): keep the frames read (logged, and in predictions.json) "
+                             "instead of the error")
     return parser
-
-
-def check_output_folder(out_dir: str, overwrite: bool) -> None:
-    """Refuse, before any model is loaded, an --output that cannot be written or holds other files."""
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise UserError(f"--output {out_dir!r} is a file; expected a folder for masks/, overlay.mp4 and predictions.json")
-    reason = unwritable_reason(out_dir)
-    if reason:
-        raise UserError(f"cannot write into --output {out_dir!r}: {reason}")
-    existing = sorted(os.listdir(out_dir)) if os.path.isdir(out_dir) else []
-    if existing and not overwrite:
-        raise UserError(f"--output {out_dir!r} is not empty ({', '.join(existing[:5])}{', ...' if len(existing) > 5 else ''}); "
-                        f"pass --overwrite to replace an earlier run's outputs, or choose an empty folder")
-
-
-def write_outputs(out_dir: str, results: Iterable[FrameResult], fps: float, meta: dict) -> int:
-    """Stream `results` (with frames) into masks/, overlay.mp4 (H.264) and predictions.json; returns
-    the number of frames. Everything is written under hidden partial names first and swapped in at
-    the end, replacing the earlier outputs completely (no stale masks): a failure part-way (e.g. an
-    unreadable frame) removes the partial files and leaves the previous outputs as they were."""
-    os.makedirs(out_dir, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".masks.partial.", dir=out_dir)
-    writer, records = None, []
-    try:
-        for result in results:
-            if writer is None:
-                writer = VideoWriter.open(os.path.join(out_dir, "overlay.mp4"), fps=fps, size=result.frame.shape[:2])
-            mask_path = os.path.join(staging, f"{result.name}.png")
-            if not cv2.imwrite(mask_path, result.mask * 255):
-                raise UserError(f"cannot write {mask_path!r}")
-            writer.write(overlay(result.frame, result.mask))
-            records.append({"frame": result.name, "score": result.score, "object_fraction": float(result.mask.mean())})
-        mask_dir = os.path.join(out_dir, "masks")
-        old = mask_dir + ".old"
-        if os.path.exists(mask_dir):
-            os.replace(mask_dir, old)
-        os.replace(staging, mask_dir)
-        shutil.rmtree(old, ignore_errors=True)
-        if writer is not None:
-            writer.close()                                   # renames the finished video onto overlay.mp4
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    atomic_write_json(os.path.join(out_dir, "predictions.json"), {**meta, "frames": records})
-    return len(records)
-
-
-def overlay(frame_rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """RGB uint8 frame with the object tinted (for the overlay video), as test.py's overlays."""
-    return tint(frame_rgb, mask, OVERLAY_COLOR_RGB)
 
 
 def main(argv: Sequence[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
-    check_output_folder(args.output, args.overwrite)
-    support_rgb, support_masks = prepare_supports(args.support_images, args.support_masks)
-    video = open_video(args.video)
-    predictor = Predictor.from_checkpoint(
-        args.checkpoint, device=resolve_device(args.device), image_size=args.image_size,
-        trusted=args.trust_checkpoint, memory_threshold=args.memory_threshold, memory_size=args.memory_size,
-        clip_length=args.clip_length, memory_pool_size=args.memory_pool_size, bf16=args.bf16, seed=args.seed)
-    results = predictor.segment(video, support_rgb, support_masks, keep_frames=True)
-    meta = {"checkpoint": args.checkpoint, "weights": predictor.checkpoint, "video": args.video, "supports": list(args.support_images),
-            "support_masks": list(args.support_masks), **predictor.settings(), "fps": video.fps}
-    with tqdm(results, total=video.length, desc="segmenting", unit="frame") as progress:
-        count = write_outputs(args.output, progress, video.fps, meta)
+    with PredictionOutputs(args.output, overwrite=args.overwrite) as outputs:    # checked and locked first
+        support_rgb, support_masks = prepare_supports(args.support_images, args.support_masks)
+        video = open_video(args.video, allow_truncated=args.allow_truncated)
+        predictor = Predictor.from_checkpoint(
+            args.checkpoint, device=resolve_device(args.device), image_size=args.image_size,
+            trusted=args.trust_checkpoint, memory_threshold=args.memory_threshold, memory_size=args.memory_size,
+            clip_length=args.clip_length, memory_pool_size=args.memory_pool_size, bf16=args.bf16, seed=args.seed)
+        results = predictor.segment(video, support_rgb, support_masks, keep_frames=True)
+
+        def meta() -> dict:
+            fields = {"checkpoint": args.checkpoint, "weights": predictor.checkpoint, "video": args.video,
+                      "supports": list(args.support_images), "support_masks": list(args.support_masks),
+                      **predictor.settings(), "fps": video.fps}
+            if video.truncation is not None:
+                fields["truncated"] = video.truncation
+            return fields
+
+        with tqdm(results, total=video.length, desc="segmenting", unit="frame") as progress:
+            count = outputs.write(progress, fps=video.fps, meta=meta)
     logger.info("wrote %d masks, overlay.mp4 and predictions.json to %s", count, args.output)
     return 0
 

@@ -6,7 +6,9 @@ A bad JPEG or PNG otherwise stops a training run hours in, at the first episode 
 one file per run. This reads every file the chosen splits can reference, in one pass, and prints
 every problem at once (``path: reason``, sorted): missing, unreadable, truncated or corrupt
 frames; unreadable mask PNGs (MiniVSPW) or undecodable RLE/polygon annotations (YouTube-VIS,
-whose masks live in ``train.json``); masks whose size differs from their frame. Exit status 0
+whose masks live in ``train.json``); annotations of category ids no fold uses (YouTube-VIS:
+outside 1..40);
+masks whose size differs from their frame. Exit status 0
 when all is well, 2 otherwise (also for a dataset that cannot be indexed at all).
 
 It also counts, per class, the *present-but-empty* segmentations: frames where the class has a
@@ -212,7 +214,14 @@ def find_bad_files(dataset: EpisodeDataset, *, show_progress: bool = False,
     """Decode every frame and mask that ``dataset`` (a built split) references; the bad ones, sorted."""
     frames: Dict[Tuple[str, str], _Frame] = {}
     _frames_of_dataset(dataset, frames)
-    return _check_frames(frames.values(), show_progress, workers).bad
+    return sorted(set(_check_frames(frames.values(), show_progress, workers).bad + _annotation_problems(dataset)))
+
+
+def _annotation_problems(dataset: EpisodeDataset) -> List[BadFile]:
+    """Problems of the annotation file as a whole: annotations of categories no fold uses (YouTube-VIS)."""
+    index = getattr(dataset, "index", None)
+    message = index.unknown_categories_message() if hasattr(index, "unknown_categories_message") else None
+    return [BadFile(dataset.annotation_file, message)] if message else []
 
 
 def check_dataset(name: str, root: str, group: int = 1, splits: Sequence[str] = SPLITS, *,
@@ -228,6 +237,7 @@ def check_dataset_report(name: str, root: str, group: int = 1, splits: Sequence[
     from . import build_dataset
 
     frames: Dict[Tuple[str, str], _Frame] = {}
+    problems: List[BadFile] = []
     for split in dict.fromkeys(splits):
         if split not in SPLITS:
             raise DatasetError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
@@ -236,7 +246,10 @@ def check_dataset_report(name: str, root: str, group: int = 1, splits: Sequence[
         else:
             dataset = build_dataset(name, root=root, split=split, group=group, episodes_per_class=1)
             _frames_of_dataset(dataset, frames)
-    return _check_frames(frames.values(), show_progress, workers)
+            problems += _annotation_problems(dataset)
+    report = _check_frames(frames.values(), show_progress, workers)
+    report.bad = sorted(set(report.bad + problems))
+    return report
 
 
 def format_bad_files(bad: Sequence[BadFile], limit: Optional[int] = None) -> str:

@@ -85,6 +85,36 @@ class YouTubeVISIndex:
     segmentations: list[list[Any]]      # annotation row -> per-frame segmentation or None
     category_names: dict[int, str]
     arrays: "NumberArrayStore"          # the long number arrays left in the file (see below)
+    # category id outside 1..NUM_CATEGORIES -> its number of annotations (no fold uses them)
+    unknown_categories: dict[int, int] = field(default_factory=dict)
+    # class -> ids of its annotations whose every segmentation is degenerate (decodes to an empty mask)
+    degenerate_annotations: dict[int, list] = field(default_factory=dict)
+    annotation_counts: dict[int, int] = field(default_factory=dict)       # class -> its annotations
+
+    def check_degenerate(self, classes: Sequence[int], split: str) -> None:
+        """DatasetError when every annotation of ``classes`` is degenerate (training would learn from
+        empty masks); a warning naming their count and ids when some are."""
+        bad = {c: self.degenerate_annotations[c] for c in classes if self.degenerate_annotations.get(c)}
+        if not bad:
+            return
+        count, total = sum(map(len, bad.values())), sum(self.annotation_counts.get(c, 0) for c in classes)
+        ids = [i for c in sorted(bad) for i in bad[c]]
+        what = (f"{count} of the {total} annotations of the {split} classes are degenerate (every polygon has "
+                f"fewer than 3 points, so every mask is empty): annotation id(s) "
+                f"{', '.join(map(str, ids[:10]))}{', ...' if len(ids) > 10 else ''} of class(es) "
+                f"{', '.join(map(str, sorted(bad)))}")
+        if count == total:
+            raise DatasetError(f"{self.path}: {what}; there is nothing to learn from. Run python -m dataset.check "
+                               f"to list every bad frame")
+        logger.warning("%s: %s; their frames count as frames without the object", self.path, what)
+
+    def unknown_categories_message(self) -> str | None:
+        """Names the annotations of categories no fold uses (id: count), or None if there are none."""
+        if not self.unknown_categories:
+            return None
+        counts = ", ".join(f"id {c}: {n}" for c, n in sorted(self.unknown_categories.items()))
+        return (f"{sum(self.unknown_categories.values())} annotation(s) have category ids outside "
+                f"1..{NUM_CATEGORIES}, the YouTube-VIS 2019 classes ({counts}); no fold uses them")
 
     def videos_of_class(self, class_id: int) -> list[str]:
         return sorted(name for name, rec in self.videos.items() if class_id in rec.class_frames)
@@ -227,6 +257,9 @@ def _index_cached(path: str, size: int, mtime_ns: int) -> YouTubeVISIndex:
                                   f"'height' or 'width'") from None
 
     segmentations: list[list[Any]] = []
+    unknown_categories: dict[int, int] = {}
+    annotation_counts: dict[int, int] = {}
+    degenerate: dict[int, list] = {}
     for position, ann in enumerate(data["annotations"]):
         try:
             record = videos_by_id[ann["video_id"]]
@@ -242,9 +275,14 @@ def _index_cached(path: str, size: int, mtime_ns: int) -> YouTubeVISIndex:
                 f"{path}: annotation id {ann.get('id')} of video {record.name} has "
                 f"{len(segs) if isinstance(segs, list) else 'no'} segmentations for "
                 f"{len(record.file_names)} frames (expected one per frame, null where absent)")
+        if not 1 <= class_id <= NUM_CATEGORIES:
+            unknown_categories[class_id] = unknown_categories.get(class_id, 0) + 1
         present = [i for i, seg in enumerate(segs) if seg is not None]
         if not present:
             continue
+        annotation_counts[class_id] = annotation_counts.get(class_id, 0) + 1
+        if all(_is_degenerate_polygon(segs[i]) for i in present):
+            degenerate.setdefault(class_id, []).append(ann.get("id", position))
         row = len(segmentations)
         segmentations.append(segs)
         record.class_annotations.setdefault(class_id, []).append(row)
@@ -264,8 +302,19 @@ def _index_cached(path: str, size: int, mtime_ns: int) -> YouTubeVISIndex:
             raise _fail_structure(path, f"two videos share the folder name {record.name!r}")
         videos[record.name] = record
     logger.info("indexed %s: %d videos, %d annotations", path, len(videos), len(segmentations))
-    return YouTubeVISIndex(path=path, videos=videos, segmentations=segmentations,
-                           category_names=names, arrays=arrays)
+    index = YouTubeVISIndex(path=path, videos=videos, segmentations=segmentations,
+                            category_names=names, arrays=arrays, unknown_categories=unknown_categories,
+                            degenerate_annotations=degenerate, annotation_counts=annotation_counts)
+    if index.unknown_categories_message():
+        logger.warning("%s: %s", path, index.unknown_categories_message())   # once: the index is cached
+    return index
+
+
+def _is_degenerate_polygon(segmentation: Any) -> bool:
+    """A polygon segmentation whose every polygon is too short to enclose anything (what
+    :func:`decode_segmentation` drops), told without reading skimmed arrays (those are long)."""
+    return isinstance(segmentation, list) and all(
+        isinstance(p, list) and len(p) < MIN_POLYGON_COORDS for p in segmentation)
 
 
 def _unchanged(value: Any) -> Any:
@@ -342,6 +391,7 @@ class YouTubeVISDataset(EpisodeDataset):
         every_class = range(1, NUM_CATEGORIES + 1)
         self._videos_by_class = {c: self.index.videos_of_class(c) for c in every_class}
         self._set_classes(fold_classes(group, split), self.annotation_file, dataset_classes=every_class)
+        self.index.check_degenerate(self.classes, split)
 
     def _check_layout(self) -> None:
         if not os.path.isdir(self.root) and not os.path.isfile(self.annotation_file):

@@ -1,8 +1,13 @@
 """Shared test helpers: the golden cases (tests/reference_cases.py) and deterministic models of any size."""
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import shutil
+import subprocess
 
+import pytest
 import torch
 
 import reference_cases
@@ -32,3 +37,44 @@ def disable_dropout(model: torch.nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, (torch.nn.Dropout, torch.nn.Dropout2d)):
             module.p = 0.0
+
+
+@contextlib.contextmanager
+def small_filesystem(path, size_kb: int):
+    """A ``size_kb`` KiB tmpfs mounted on ``path`` (a new folder) for disk-full tests; skips the test
+    where mounting is not allowed (not root). The disk-full tests that always run patch os.fsync."""
+    os.makedirs(path, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(path)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill_filesystem(path, leave_bytes: int) -> None:
+    """Fill the file system holding ``path`` with a file ``.filler`` until ``leave_bytes`` are free."""
+    filler = os.path.join(path, ".filler")
+    if os.path.exists(filler):
+        os.unlink(filler)
+    free = shutil.disk_usage(path).free
+    with open(filler, "wb") as f:
+        f.write(b"\0" * max(0, free - leave_bytes))
+
+
+def fail_fsync_of(monkeypatch, path_part: str) -> None:
+    """Make fsync raise ENOSPC for every file whose path contains ``path_part`` (found via /proc, so
+    Linux only): a full disk as file systems with delayed allocation report it, where no small
+    file system can be mounted."""
+    import errno
+
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        if path_part in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)

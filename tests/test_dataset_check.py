@@ -10,7 +10,7 @@ from PIL import Image
 
 from dataset import DatasetError, build_dataset
 from synthetic import write_synthetic_vspw, write_synthetic_youtube_vis
-from dataset.check import BadFile, check_dataset, find_bad_files, main, raise_if_bad
+from dataset.check import BadFile, check_dataset, check_dataset_report, find_bad_files, main, raise_if_bad
 
 
 @pytest.fixture(scope="module")
@@ -146,3 +146,51 @@ def test_present_but_empty_segmentations_are_counted_per_class(ytvis_clean, tmp_
     assert f"class 3: {len(frames)} of its " in err
     assert f"present-but-empty segmentations: {len(frames)} of " in err and "in 1 of 4 classes" in err
     assert "skip_empty_supports=true" in err
+
+
+def test_unknown_category_ids_and_degenerate_annotations_are_listed(ytvis_clean, tmp_path, caplog):
+    import json
+
+    root = str(tmp_path / "ytvis")
+    shutil.copytree(ytvis_clean, root)
+    path = os.path.join(root, "train", "train.json")
+    data = json.load(open(path))
+    annotations = data["annotations"]
+    for category in (0, 99, 99):                               # dropped by every fold
+        annotations.append(dict(annotations[0], id=len(annotations) + 100, category_id=category))
+    degenerate = next(a for a in annotations if a["category_id"] == 1)   # class 1: the test split of group 1
+    present = [i for i, seg in enumerate(degenerate["segmentations"]) if seg is not None]
+    degenerate["segmentations"] = [[[1.0, 1.0, 5.0, 5.0]] if seg is not None else None       # 2 points
+                                   for seg in degenerate["segmentations"]]
+    json.dump(data, open(path, "w"))
+    with caplog.at_level("WARNING"):
+        bad, _ = check_dataset("youtube_vis", root, group=1, splits=["test"])
+    expected = "3 annotation(s) have category ids outside 1..40, the YouTube-VIS 2019 classes (id 0: 1, id 99: 2)"
+    assert any(expected in record.getMessage() for record in caplog.records)   # when indexing, for training too
+    assert BadFile(path, expected + "; no fold uses them") in bad
+    assert not [b for b in bad if b.path != path]      # degenerate masks decode empty: counted, not bad files
+    report = check_dataset_report("youtube_vis", root, group=1, splits=["test"])
+    assert report.empty_segmentations[1][0] == len(present) > 0
+
+
+def test_a_split_whose_every_annotation_is_degenerate_is_refused_when_built(ytvis_clean, tmp_path, caplog):
+    import json
+
+    root = str(tmp_path / "ytvis")
+    shutil.copytree(ytvis_clean, root)
+    path = os.path.join(root, "train", "train.json")
+    data = json.load(open(path))
+    kept = next(a for a in data["annotations"] if a["category_id"] == 1)
+    for annotation in data["annotations"]:
+        if annotation is not kept:
+            annotation["segmentations"] = [[[1.0, 1.0, 5.0, 5.0]] if seg is not None else None
+                                           for seg in annotation["segmentations"]]
+    json.dump(data, open(path, "w"))
+    with pytest.raises(DatasetError, match=r"annotations of the train classes are degenerate .* nothing to learn"):
+        build_dataset("youtube_vis", root=root, split="train", group=1, image_size=(64, 64))
+    with caplog.at_level("WARNING"):        # class 1 (test) keeps one good annotation: a warning names the other
+        build_dataset("youtube_vis", root=root, split="test", group=1, image_size=(64, 64))
+    total = sum(a["category_id"] == 1 and any(seg is not None for seg in a["segmentations"])
+                for a in data["annotations"])
+    expected = f"{total - 1} of the {total} annotations of the test classes are degenerate"
+    assert total > 1 and any(expected in r.getMessage() for r in caplog.records)

@@ -78,7 +78,7 @@ def test_predict_writes_masks_video_and_scores(workspace):
     report = json.loads((out / "predictions.json").read_text())
     assert [r["frame"] for r in report["frames"]] == [m[:-4] for m in masks]
     assert all(0 < r["score"] < 1 for r in report["frames"])
-    assert not any(name.startswith(".") for name in os.listdir(out))
+    assert [name for name in os.listdir(out) if name.startswith(".")] == [".lock"]   # no staging left
 
 
 def test_unletterbox_inverts_letterbox_geometry():
@@ -151,7 +151,7 @@ def test_unreadable_frame_midway_leaves_nothing_behind(workspace, tmp_path, caps
     assert run(workspace, **{"--video": str(frames), "--output": str(out)}) == 2
     err = capsys.readouterr().err
     assert "cannot read image" in err and "00007.png" in err
-    assert os.listdir(out) == []
+    assert not out.exists()                     # the folder this run created goes with its lock
 
 
 def test_overlay_video_is_h264_that_browsers_play(workspace):
@@ -190,3 +190,178 @@ def test_unwritable_output_is_refused_before_the_model_is_loaded(workspace, tmp_
     assert run(workspace, **{"--output": str(blocker / "out")}) == 2
     err = capsys.readouterr().err
     assert "error:" in err and "not a directory" in err and str(blocker) in err
+
+
+# ---------------------------------------------------------------- nothing lost (issue 20)
+def snapshot(folder) -> dict:
+    """{relative path: bytes} of every file under ``folder`` (hidden ones too, but the lock file)."""
+    files = {}
+    for directory, _, names in os.walk(folder):
+        for name in names:
+            if name == ".lock":
+                continue
+            path = os.path.join(directory, name)
+            files[os.path.relpath(path, folder)] = open(path, "rb").read()
+    return files
+
+
+def earlier_outputs(out) -> dict:
+    """A finished run's outputs (stand-ins: the tests compare bytes) in ``out``; returns their snapshot."""
+    (out / "masks").mkdir(parents=True)
+    for t in range(3):
+        (out / "masks" / f"{t:05d}.png").write_bytes(b"earlier mask %d" % t)
+    (out / "overlay.mp4").write_bytes(b"earlier video")
+    (out / "predictions.json").write_text('{"frames": "earlier"}')
+    return snapshot(out)
+
+
+def test_full_disk_keeps_the_earlier_outputs_exactly(workspace, tmp_path, capsys):
+    from helpers import fill_filesystem, small_filesystem
+
+    with small_filesystem(tmp_path / "fs", 512) as fs:
+        out = fs / "good"
+        before = earlier_outputs(out)
+        # 36 KiB free: the masks (4 KiB pages each) fit, the video does not (PyAV's write fails); 4 KiB: a mask does not
+        for leave_kb, failed_file in ((36, "overlay.mp4"), (4, "masks/00000.png")):
+            fill_filesystem(fs, leave_kb * 1024)
+            assert run(workspace, **{"--output": str(out)}) == 2
+            err = capsys.readouterr().err
+            assert "error: cannot write" in err and "No space left on device" in err and f"free on {fs}" in err
+            assert "Traceback" not in err
+            assert f"/.predict.staging." in err and f"/{failed_file}'" in err
+            assert snapshot(out) == before                  # same files, same bytes, no staging left
+
+
+def test_failed_fsync_keeps_the_earlier_outputs_exactly(workspace, tmp_path, capsys, monkeypatch):
+    """The disk-full case where no small file system can be mounted: the 4th mask's fsync fails
+    (file systems with delayed allocation report a full disk there)."""
+    from helpers import fail_fsync_of
+
+    out = tmp_path / "good"
+    before = earlier_outputs(out)
+    fail_fsync_of(monkeypatch, "/masks/00003.png")
+    assert run(workspace, **{"--output": str(out)}) == 2
+    err = capsys.readouterr().err
+    assert "error: cannot write" in err and "00003.png" in err and "No space left on device" in err
+    assert snapshot(out) == before
+
+
+def test_what_a_killed_run_left_is_cleaned_and_masks_get_the_usual_mode(workspace, tmp_path):
+    import stat
+
+    out = tmp_path / "killed"
+    (out / ".masks.partial.abc123").mkdir(parents=True)           # earlier versions' staging
+    (out / ".masks.partial.abc123" / "00000.png").write_bytes(b"half")
+    (out / ".predict.staging.0badf00d" / "masks").mkdir(parents=True)
+    assert run(workspace, **{"--output": str(out), "--overwrite": None}) == 0   # not "not empty"
+    assert sorted(os.listdir(out)) == [".lock", "masks", "overlay.mp4", "predictions.json"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(os.stat(out / "masks").st_mode) == 0o777 & ~umask          # not mkdtemp's 0700
+    assert stat.S_IMODE(os.stat(out / "overlay.mp4").st_mode) == 0o666 & ~umask
+
+
+def test_a_swap_killed_half_way_is_finished_or_rolled_back(tmp_path):
+    from vipmt.outputs import PredictionOutputs
+
+    def interrupted_swap(complete: bool):
+        out = tmp_path / f"complete_{complete}"
+        staging, retired = out / ".predict.staging.1234abcd", out / ".predict.old.1234abcd"
+        (staging / "masks").mkdir(parents=True)
+        retired.mkdir()
+        (retired / "masks").mkdir()
+        (retired / "masks" / "old.png").write_bytes(b"old mask")       # moved aside ...
+        (out / "predictions.json").write_text("old report")             # ... not yet
+        (staging / "overlay.mp4").write_bytes(b"new video")
+        (staging / "predictions.json").write_text("new report")
+        if complete:
+            (staging / ".complete").write_bytes(b"")
+        (out / "overlay.mp4").write_bytes(b"new video")                 # already moved in
+        with PredictionOutputs(str(out), overwrite=True):
+            pass
+        return out
+
+    finished = interrupted_swap(complete=True)
+    assert sorted(os.listdir(finished)) == [".lock", "masks", "overlay.mp4", "predictions.json"]
+    assert (finished / "predictions.json").read_text() == "new report"
+    rolled_back = interrupted_swap(complete=False)
+    assert (rolled_back / "masks" / "old.png").read_bytes() == b"old mask"
+    assert (rolled_back / "predictions.json").read_text() == "old report"
+    assert not any(name.startswith(".predict.") for name in os.listdir(rolled_back))
+
+
+def test_a_second_writer_of_the_output_is_refused_naming_the_first(workspace, tmp_path, capsys):
+    from test_utils_runlock import start_holder
+
+    out = tmp_path / "shared"
+    holder = start_holder(out)
+    try:
+        assert run(workspace, **{"--output": str(out)}) == 2
+    finally:
+        holder.kill()
+        holder.wait()
+    err = capsys.readouterr().err
+    assert f"error: --output {str(out)!r} is in use by another process: pid {holder.pid}" in err
+
+
+def truncated_h264(path, frames: int) -> int:
+    """An H.264 MP4 of ``frames`` disc frames cut at 60 % of its bytes; returns the frames OpenCV still reads."""
+    from utils.video import VideoWriter
+
+    with VideoWriter.open(str(path) + ".full.mp4", fps=8.0, size=FRAME_HW) as writer:
+        for t in range(frames):
+            writer.write(disc_frame_rgb(t)[0])
+    data = open(str(path) + ".full.mp4", "rb").read()
+    path.write_bytes(data[: len(data) * 6 // 10])
+    capture, readable = cv2.VideoCapture(str(path)), 0
+    while capture.read()[0]:
+        readable += 1
+    return readable
+
+
+def test_truncated_video_is_an_error_unless_allowed(workspace, tmp_path, capsys):
+    video = tmp_path / "cut.mp4"
+    readable = truncated_h264(video, 12)
+    assert 0 < readable < 12
+    out = tmp_path / "out"
+    assert run(workspace, **{"--video": str(video), "--output": str(out)}) == 2
+    err = capsys.readouterr().err
+    assert f"ends after {readable} of the 12 frames" in err and "--allow-truncated" in err
+    assert not out.exists()                                              # nothing written
+    assert run(workspace, **{"--video": str(video), "--output": str(out), "--allow-truncated": []}) == 0
+    report = json.loads((out / "predictions.json").read_text())
+    assert report["truncated"] == {"declared_frames": 12, "frames_read": readable}
+    assert len(report["frames"]) == len(os.listdir(out / "masks")) == readable
+
+
+def test_frames_named_alike_but_for_the_extension_are_refused(workspace, tmp_path, capsys):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for name in ("a.jpg", "a.png", "b.png"):
+        cv2.imwrite(str(frames / name), disc_frame(0)[0])
+    assert run(workspace, **{"--video": str(frames), "--output": str(tmp_path / "out")}) == 2
+    err = capsys.readouterr().err
+    assert "differ only in the extension (a.jpg, a.png)" in err
+
+
+def test_extreme_aspect_ratio_is_a_clear_error(workspace, tmp_path, capsys):
+    frames = tmp_path / "thin"
+    frames.mkdir()
+    cv2.imwrite(str(frames / "0.png"), np.full((2, 3000, 3), 128, np.uint8))
+    assert run(workspace, **{"--video": str(frames), "--output": str(tmp_path / "out")}) == 2
+    err = capsys.readouterr().err
+    assert "video frame 0 is 3000x2: too elongated" in err and "Traceback" not in err
+
+
+def test_a_checkpoint_changed_on_disk_is_refused(workspace, tmp_path, capsys):
+    root, checkpoint = workspace[0], workspace[1]
+    data = bytearray(checkpoint.read_bytes())
+    middle = len(data) // 2 // 4 * 4                         # inside the backbone's weights
+    data[middle:middle + 4] = np.float32(3e38).tobytes()     # finite: only the archive's CRC tells
+    rotten = tmp_path / "rotten.pth"
+    rotten.write_bytes(bytes(data))
+    out = tmp_path / "out"
+    assert run(workspace, **{"--checkpoint": str(rotten), "--output": str(out)}) == 2
+    err = capsys.readouterr().err
+    assert f"error: checkpoint {str(rotten)!r} is corrupt: archive member" in err and "CRC" in err
+    assert not out.exists()

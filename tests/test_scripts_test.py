@@ -113,3 +113,51 @@ def test_unwritable_output_is_refused_before_the_model_is_loaded(setup, tmp_path
     assert run(test_script, argv) == 2
     err = capsys.readouterr().err
     assert "error:" in err and "not a directory" in err and str(blocker) in err
+
+
+def test_full_disk_keeps_the_results_in_a_fallback_file_it_names(setup, tmp_path, monkeypatch, capsys):
+    """The results JSON cannot be written (its fsync fails with ENOSPC, as on a full file system
+    with delayed allocation): the table goes to stdout and the JSON to a fallback file; exit 2."""
+    import tempfile
+
+    from helpers import fail_fsync_of
+
+    root, data, ours, _ = setup
+    out = tmp_path / "full" / "results.json"
+    fail_fsync_of(monkeypatch, "/.results.json.tmp")
+    (tmp_path / "fallback").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "fallback"))
+    assert run(test_script, ["--data-root", data, "--checkpoint", ours, "--output", out] + ARGS) == 2
+    captured = capsys.readouterr()
+    assert "metrics in %" in captured.out and "mean" in captured.out
+    fallback = tmp_path / "fallback" / f"results.unsaved-{os.getpid()}.json"
+    assert f"error: cannot write {str(out)!r}: No space left on device (" in captured.err
+    assert f"the results are saved to {str(fallback)!r}" in captured.err and "Traceback" not in captured.err
+    assert json.loads(fallback.read_text())["metrics"] == ["J", "F", "class_iou", "VC_7"]
+    assert not out.exists()
+
+
+def test_a_second_test_into_the_same_results_file_is_refused(setup, tmp_path, capsys):
+    import subprocess
+    import sys
+    import textwrap
+
+    root, data, ours, _ = setup
+    out = tmp_path / "shared.json"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import sys, time
+        from vipmt.evaluation import results_lock
+        lock = results_lock(sys.argv[1]).acquire()
+        print("locked", flush=True)
+        time.sleep(600)
+    """), str(out)], cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), stdout=subprocess.PIPE,
+        text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert run(test_script, ["--data-root", data, "--checkpoint", ours, "--output", out] + ARGS) == 2
+    finally:
+        holder.kill()
+        holder.wait()
+    err = capsys.readouterr().err
+    assert f"error: results file {str(out)!r} is in use by another process: pid {holder.pid}" in err
+    assert not out.exists() and not (tmp_path / "shared.log").exists()     # the log is not mixed either

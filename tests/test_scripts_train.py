@@ -4,6 +4,8 @@ import contextlib
 import json
 import math
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -360,3 +362,37 @@ def test_resume_names_a_hand_edited_config_yaml_and_applies_it_only_through_conf
     log = (tmp_path / "applied/train.log").read_text()
     assert "differs from the config" not in log and "lr 0.0005 -> 0.001 (set on the optimizer)" in log
     assert yaml.safe_load(applied.read_text())["lr"] == 1e-3
+
+def test_full_disk_is_one_error_in_stderr_and_train_log_and_keeps_last_pth(straight, tmp_path, monkeypatch, capsys):
+    """The disk fills while a resumed run rewrites last.pth (its fsync fails, as on a file system
+    with delayed allocation; test_predict.py mounts a real small one): one error line on stderr and
+    in train.log, exit 2, the earlier last.pth intact."""
+    from helpers import fail_fsync_of
+
+    common, straight_dir = straight
+    (tmp_path / "full").mkdir()
+    os.link(straight_dir / "last.pth", tmp_path / "full" / "last.pth")
+    before = (tmp_path / "full" / "last.pth").read_bytes()
+    fail_fsync_of(monkeypatch, "/.last.pth.tmp")
+    more = with_overrides(common, "epochs=3") + ["--stop-after", "5"]      # one more step, then last.pth
+    assert run(train, more + ["--resume-from", tmp_path / "full/last.pth"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "Traceback" not in err
+    message = f"error: cannot write {str(tmp_path / 'full' / 'last.pth')!r}: No space left on device ("
+    assert message in err and " free on " in err
+    assert message in (tmp_path / "full/train.log").read_text()
+    assert (tmp_path / "full" / "last.pth").read_bytes() == before
+    assert [n for n in os.listdir(tmp_path / "full") if n.startswith(".last.pth.tmp")] == []
+
+
+def test_resume_from_a_checkpoint_changed_on_disk_is_refused(straight, tmp_path, capsys):
+    common, straight_dir = straight
+    (tmp_path / "rotten").mkdir()
+    data = bytearray((straight_dir / "last.pth").read_bytes())
+    middle = len(data) // 2 // 4 * 4                         # inside some tensor's bytes
+    data[middle:middle + 4] = np.float32(3e38).tobytes()
+    (tmp_path / "rotten" / "last.pth").write_bytes(bytes(data))
+    more = with_overrides(common, "epochs=3")
+    assert run(train, more + ["--resume-from", tmp_path / "rotten/last.pth"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"error: checkpoint .* is corrupt: tensor '[\w.]+' differs from the SHA-256", err), err

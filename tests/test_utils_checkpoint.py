@@ -106,8 +106,8 @@ def test_weights_only_checkpoint_holds_model_config_and_epoch_only(tmp_path):
     path = save_weights(str(tmp_path / "epoch_010.pth"), model=model, epoch=10, config={"lr": 1e-3},
                         best_metric=0.25, best_epoch=9)
     raw = torch.load(path, weights_only=True)
-    assert sorted(raw) == ["best_epoch", "best_metric", "config", "contents", "epoch", "format", "metrics",
-                           "state_dict", "version"]
+    assert sorted(raw) == ["best_epoch", "best_metric", "config", "contents", "epoch", "format", "integrity",
+                           "metrics", "state_dict", "version"]
     assert raw["contents"] == "weights" and raw["epoch"] == 10 and raw["config"] == {"lr": 1e-3}
     assert torch.load(full, weights_only=True)["contents"] == "full"
     ckpt = load_checkpoint(path)
@@ -238,3 +238,65 @@ def test_remove_stale_temporaries_deletes_only_interrupted_writes(tmp_path):
         (tmp_path / name).write_bytes(b"x")
     assert remove_stale_temporaries(str(tmp_path)) == sorted(stale)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept + [".lock"])   # the run lock's file
+
+
+# ---- integrity (issue 20) ------------------------------------------------------------------
+def _overwrite_tensor_on_disk(path, tensor: torch.Tensor, value: float = 3e38) -> None:
+    """Overwrite the first element of ``tensor``'s bytes inside the file ``path`` (as bit rot would)."""
+    data = bytearray(open(path, "rb").read())
+    at = data.find(tensor.detach().numpy().tobytes())
+    assert at >= 0 and data.find(tensor.detach().numpy().tobytes(), at + 1) < 0
+    data[at:at + 4] = np.float32(value).tobytes()
+    open(path, "wb").write(bytes(data))
+
+
+def _trained_tiny():
+    torch.manual_seed(0)
+    model = Tiny()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.head(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    return model, opt
+
+
+def test_a_tensor_changed_on_disk_is_named_on_load(tmp_path):
+    model, opt = _trained_tiny()
+    path = save_checkpoint(str(tmp_path / "c.pth"), model=model, optimizer=opt, epoch=1)
+    assert load_checkpoint(path)["epoch"] == 1                          # intact: loads
+    _overwrite_tensor_on_disk(path, model.head.weight)
+    with pytest.raises(CheckpointError, match="tensor 'state_dict.head.weight' differs from the SHA-256"):
+        load_checkpoint(path)
+    weights = save_weights(str(tmp_path / "w.pth"), model=model, epoch=1)
+    _overwrite_tensor_on_disk(weights, model.conv.bias)
+    with pytest.raises(CheckpointError, match="tensor 'state_dict.conv.bias'"):
+        load_checkpoint(weights)
+    path = save_checkpoint(str(tmp_path / "o.pth"), model=model, optimizer=opt, epoch=1)
+    _overwrite_tensor_on_disk(path, opt.state_dict()["state"][2]["exp_avg"])    # resuming would spread it
+    with pytest.raises(CheckpointError, match="tensor 'optimizer.state.2.exp_avg'"):
+        load_checkpoint(path)
+
+
+def test_authors_file_without_record_is_checked_by_crc_and_for_non_finite_values(tmp_path):
+    model, _ = _trained_tiny()
+    torch.save({"state_dict": model.state_dict()}, tmp_path / "authors.pth")
+    assert set(load_checkpoint(str(tmp_path / "authors.pth"))["state_dict"]) == set(model.state_dict())
+    _overwrite_tensor_on_disk(tmp_path / "authors.pth", model.head.weight)
+    with pytest.raises(CheckpointError, match="is corrupt: archive member .* fails its CRC check"):
+        load_checkpoint(str(tmp_path / "authors.pth"))
+    broken = {k: v.clone() for k, v in model.state_dict().items()}
+    broken["conv.weight"][0, 0, 0, 0] = float("nan")
+    torch.save({"state_dict": broken}, tmp_path / "nan.pth")
+    with pytest.raises(CheckpointError, match="parameter 'conv.weight' holds 1 non-finite value"):
+        load_checkpoint(str(tmp_path / "nan.pth"))
+    with torch.no_grad():
+        model.head.bias.fill_(float("inf"))
+    path = save_weights(str(tmp_path / "ours_inf.pth"), model=model, epoch=1)     # intact record, inf weights
+    with pytest.raises(CheckpointError, match="parameter 'head.bias' holds 2 non-finite"):
+        load_checkpoint(path)
+
+
+def test_a_directory_is_named_as_a_directory(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "best.pth").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"is a directory; expected a checkpoint file \(it holds best.pth\)"):
+        load_checkpoint(str(tmp_path / "run"))

@@ -15,6 +15,14 @@ Our checkpoint is a dict (loadable with ``torch.load(..., weights_only=True)``):
 A weights-only checkpoint (:func:`save_weights`, ``"contents": "weights"``) keeps format,
 version, state_dict, epoch, config, best_metric, best_epoch and metrics, and nothing else.
 
+Both carry ``"integrity": {"algorithm": "sha256", "tensors": {path: hex digest}}``: the SHA-256
+of every tensor's dtype, shape and bytes (``path`` like ``state_dict.score_head.fuse_conv1.weight``
+or ``optimizer.state.3.exp_avg``), written at save time. :func:`load_checkpoint` (train.py's
+resume, test.py, predict.py and the Predictor all load through it) verifies every digest and
+names the first tensor that changed on disk; files without the record (the authors', ours from
+before it) get the zip archive's CRC check instead. Every loaded model state is checked for
+non-finite values too (:func:`check_finite_state`).
+
 The authors' checkpoints are ``{"state_dict": {...}}`` (possibly with more keys, and
 parameter names possibly prefixed with ``module.`` by DataParallel/DDP); a bare state
 dict ``{name: tensor}`` is accepted as well. :func:`load_model_state` loads any of them into
@@ -23,6 +31,7 @@ a model and reports every missing, unexpected or wrongly shaped parameter by nam
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
@@ -32,7 +41,8 @@ import random
 import zipfile
 import zlib
 from collections import OrderedDict
-from typing import Any, Dict, Iterable, List, Mapping, Optional
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -56,6 +66,9 @@ __all__ = [
     "load_model_state",
     "is_our_checkpoint",
     "corruption_reason",
+    "tensor_digests",
+    "verify_integrity",
+    "check_finite_state",
 ]
 
 logger = logging.getLogger(__name__)
@@ -66,6 +79,9 @@ CONTENTS_FULL = "full"            # model + optimizer, scaler, sampler, RNG: res
 CONTENTS_WEIGHTS = "weights"      # model + config + epoch only (save_weights)
 PARALLEL_PREFIX = "module."      # added by DataParallel / DistributedDataParallel
 MAX_NAMES_IN_MESSAGE = 20        # longer key lists are cut, with a count of the rest
+INTEGRITY_KEY = "integrity"
+INTEGRITY_ALGORITHM = "sha256"
+HASH_THREADS = 8                  # tensors hashed in parallel at save and load
 ZIP_LOCAL_HEADER = b"PK\x03\x04"   # the first bytes of a zip archive (torch.save's format since 1.6)
 LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C   # the first pickle of the legacy torch.save format
 
@@ -158,7 +174,7 @@ def save_checkpoint(
         raise ValueError(f"save_checkpoint: extra fields {clash} would replace the checkpoint's own; pass them "
                          f"as keywords")
     ckpt.update(extra or {})
-    return atomic_torch_save(ckpt, path)
+    return _save_with_integrity(ckpt, path)
 
 
 def save_weights(
@@ -181,7 +197,7 @@ def save_weights(
     """
     ckpt = _layout(CONTENTS_WEIGHTS, model=model, epoch=epoch, config=config, best_metric=best_metric,
                    best_epoch=best_epoch, metrics=metrics)
-    return atomic_torch_save(ckpt, path)
+    return _save_with_integrity(ckpt, path)
 
 
 def _layout(contents: str, *, model: torch.nn.Module, epoch: int, config: Optional[Mapping[str, Any]],
@@ -199,6 +215,80 @@ def _layout(contents: str, *, model: torch.nn.Module, epoch: int, config: Option
         "best_epoch": None if best_epoch is None else int(best_epoch),
         "metrics": plain_data(metrics) if metrics is not None else {},
     }
+
+
+# ---- integrity ---------------------------------------------------------------------------
+def _tensor_digest(tensor: torch.Tensor) -> str:
+    """SHA-256 of a tensor's dtype, shape and bytes (hex)."""
+    flat = tensor.detach().cpu().contiguous().reshape(-1)
+    digest = hashlib.sha256(f"{flat.dtype}|{tuple(tensor.shape)}|".encode())
+    digest.update(memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else b"")
+    return digest.hexdigest()
+
+
+def _tensors(obj: Any, prefix: str = "") -> Iterator[Tuple[str, torch.Tensor]]:
+    """(dotted path, tensor) of every tensor in nested mappings / lists / tuples, in their order."""
+    if isinstance(obj, torch.Tensor):
+        yield prefix, obj
+    elif isinstance(obj, Mapping):
+        for key, value in obj.items():
+            if not prefix and key == INTEGRITY_KEY:
+                continue
+            yield from _tensors(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(obj, (list, tuple)):
+        for index, value in enumerate(obj):
+            yield from _tensors(value, f"{prefix}.{index}" if prefix else str(index))
+
+
+def tensor_digests(obj: Any) -> "OrderedDict[str, str]":
+    """{dotted path: SHA-256} of every tensor in ``obj`` (e.g. ``state_dict.head.weight``), in order.
+    Hashed on threads (hashlib releases the GIL): ~1.4 GB for a full 240x424 checkpoint."""
+    named = list(_tensors(obj))
+    with ThreadPoolExecutor(max_workers=min(HASH_THREADS, os.cpu_count() or 1)) as pool:
+        digests = list(pool.map(_tensor_digest, (tensor for _, tensor in named)))
+    return OrderedDict((name, digest) for (name, _), digest in zip(named, digests))
+
+
+def _save_with_integrity(ckpt: Dict[str, Any], path: str) -> str:
+    ckpt[INTEGRITY_KEY] = {"algorithm": INTEGRITY_ALGORITHM, "tensors": dict(tensor_digests(ckpt))}
+    return atomic_torch_save(ckpt, path)
+
+
+def verify_integrity(ckpt: Mapping[str, Any], path: str) -> bool:
+    """Compare every tensor with the digest recorded at save time; CheckpointError naming the first
+    that differs (or is missing, or new). Returns False when the checkpoint has no record."""
+    record = ckpt.get(INTEGRITY_KEY) if isinstance(ckpt, Mapping) else None
+    if not isinstance(record, Mapping):
+        return False
+    expected = record.get("tensors")
+    if record.get("algorithm") != INTEGRITY_ALGORITHM or not isinstance(expected, Mapping):
+        raise CheckpointError(f"checkpoint {path!r} has an integrity record this version cannot read "
+                              f"(algorithm {record.get('algorithm')!r})")
+    actual = tensor_digests(ckpt)
+    for name, digest in actual.items():
+        if expected.get(name) != digest:
+            what = "is not in the record made at save time" if name not in expected else \
+                "differs from the SHA-256 recorded when the file was saved"
+            raise CheckpointError(
+                f"checkpoint {path!r} is corrupt: tensor {name!r} {what} (the file changed on disk after "
+                f"it was written: bit rot, a bad copy or an edit). Copy it again, or use another checkpoint.")
+    missing = [name for name in expected if name not in actual]
+    if missing:
+        raise CheckpointError(f"checkpoint {path!r} is corrupt: tensor {missing[0]!r} recorded at save time is "
+                              f"missing ({len(missing)} missing). Copy it again, or use another checkpoint.")
+    return True
+
+
+def check_finite_state(state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    """CheckpointError naming the first floating-point tensor with a NaN or infinite value."""
+    for name, tensor in state_dict.items():
+        if tensor.is_floating_point() or tensor.is_complex():
+            finite = torch.isfinite(tensor)
+            if not bool(finite.all()):
+                bad = int((~finite).sum())
+                raise CheckpointError(f"{source}: parameter {name!r} holds {bad} non-finite value(s) (NaN or "
+                                      f"inf) of {tensor.numel()}; a model with them predicts garbage. Use "
+                                      f"another checkpoint (e.g. an earlier epoch_NNN.pth or best.pth).")
 
 
 def _cpu_state_dict(model: torch.nn.Module) -> "OrderedDict[str, torch.Tensor]":
@@ -225,27 +315,42 @@ def load_checkpoint(path: str, map_location: Any = "cpu", trusted: bool = False,
 
     Accepts our checkpoints, the authors' ``{"state_dict": ...}`` files and bare state dicts.
     Files are read with ``weights_only=True`` (no arbitrary code on load) unless
-    ``trusted=True``. ``mmap=True`` maps the tensors instead of reading them (cheap when only
-    the epoch or config is wanted). Raises :class:`CheckpointError` with the path and the reason.
+    ``trusted=True``. The integrity record is verified (else the zip CRCs) and the state dict
+    must be finite. ``mmap=True`` is for reading the epoch or config only: the tensors are mapped,
+    not read, hence neither hashed nor checked (a load whose weights are used must not pass it).
+    Raises :class:`CheckpointError` with the path and the reason.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        inside = sorted(n for n in os.listdir(path) if n.endswith((".pth", ".pt")))[:5]
+        raise CheckpointError(f"checkpoint {path!r} is a directory; expected a checkpoint file"
+                              + (f" (it holds {', '.join(inside)})" if inside else ""))
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=not trusted, mmap=mmap)
     except Exception as exc:  # noqa: BLE001 - every failure becomes one CheckpointError
         raise _unreadable(path, exc, trusted) from None
+    if not mmap and not verify_integrity(obj, path):
+        damage = corruption_reason(path)          # no record: at least the archive's CRCs
+        if damage is not None:
+            raise CheckpointError(f"checkpoint {path!r} is corrupt: {damage}. Copy or download it again.")
     if isinstance(obj, Mapping) and "state_dict" in obj:
         if not _is_state_dict(obj["state_dict"]):
             raise CheckpointError(f"checkpoint {path!r}: 'state_dict' is not a mapping of "
                                   f"parameter names to tensors")
-        return dict(obj)
-    if isinstance(obj, Mapping) and "model" in obj and _is_state_dict(obj["model"]):
+        out = dict(obj)
+    elif isinstance(obj, Mapping) and "model" in obj and _is_state_dict(obj["model"]):
         out = dict(obj)
         out["state_dict"] = out.pop("model")
+    elif _is_state_dict(obj):
+        out = {"state_dict": obj}
+    else:
+        out = None
+    if out is not None:
+        if not mmap:
+            check_finite_state(out["state_dict"], f"checkpoint {path!r}")
         return out
-    if _is_state_dict(obj):
-        return {"state_dict": obj}
     keys = list(obj.keys())[:MAX_NAMES_IN_MESSAGE] if isinstance(obj, Mapping) else type(obj).__name__
     raise CheckpointError(f"checkpoint {path!r} has no 'state_dict' (found: {keys}); expected "
                           f"our checkpoint or the authors' {{'state_dict': ...}} file")

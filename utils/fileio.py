@@ -5,9 +5,14 @@ fsync'ed, then ``os.replace``d onto the destination (atomic on POSIX and Windows
 the directory entry is fsync'ed. If anything fails (including a kill -9 between the
 steps) the destination keeps its previous content and the temporary file is removed
 (or, after a hard kill, left as a hidden ``.<name>.tmp*`` file that is never read).
+
+Every failed or short write (a full disk, EIO, a quota) raises :class:`WriteError`, an
+``OSError`` whose message names the destination and the free space left there; the scripts
+report it as one ``error:`` line with exit status 2 (vipmt.cli.user_error_types).
 """
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -17,8 +22,94 @@ from typing import Any, Callable
 from .tempnames import remove_temporaries
 from .tempnames import temp_path as _temp_path
 
-__all__ = ["atomic_copy", "atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_torch_save",
+__all__ = ["WriteError", "write_error", "free_space", "write_file_checked", "fsync_file", "atomic_copy", "atomic_write",
+           "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_torch_save",
            "remove_stale_temporaries", "unwritable_reason"]
+
+class WriteError(OSError):
+    """A write that failed or came up short; the message names the path and the free space there."""
+
+    def __str__(self) -> str:           # the message alone, without OSError's "[Errno 28]" prefix
+        return self.strerror or super().__str__()
+
+
+def free_space(path: str) -> str:
+    """'<n> free on <mount point>' for the file system holding ``path`` (or its nearest existing parent)."""
+    place = os.path.abspath(path)
+    while not os.path.exists(place):
+        place = os.path.dirname(place)
+    try:
+        free = shutil.disk_usage(place).free
+    except OSError:  # pragma: no cover - e.g. a path that vanished meanwhile
+        return "free space unknown"
+    mount = place
+    while not os.path.ismount(mount):
+        mount = os.path.dirname(mount)
+    return f"{_human_bytes(free)} free on {mount}"
+
+
+def _human_bytes(count: int) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if count < 1024 or unit == "GB":
+            return f"{count} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} TB"  # pragma: no cover
+
+
+def _os_error_in(exc: BaseException) -> "OSError | None":
+    """``exc`` or the OSError that caused it (torch.save wraps a failed write in a RuntimeError)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def write_error(path: str, exc: BaseException) -> "WriteError | None":
+    """The WriteError for a failed write of ``path`` (``exc`` or its cause is an OSError), else None."""
+    if isinstance(exc, WriteError):
+        return exc
+    cause = _os_error_in(exc)
+    if cause is None:
+        if isinstance(exc, RuntimeError) and "enforce fail at inline_container" in str(exc):
+            # torch.save's zip writer reports a failed write like this, without its OSError
+            return WriteError(errno.EIO, f"cannot write {path!r}: the write failed ({free_space(path)})")
+        return None
+    reason = cause.strerror or str(cause)
+    return WriteError(cause.errno, f"cannot write {path!r}: {reason} ({free_space(path)})")
+
+
+def write_file_checked(path: str, data: bytes, *, fsync: bool = True) -> None:
+    """Write ``data`` to a new file ``path`` (not atomically: for files inside a staging folder) and
+    verify its size; WriteError on any failure or short write. The file is fsync'ed (``fsync=False``:
+    the caller calls :func:`fsync_file` later, e.g. on a thread), so a full disk that the file
+    system reports only when it allocates the blocks is caught too."""
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+        size = os.path.getsize(path)
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    if size != len(data):
+        raise WriteError(errno.EIO, f"cannot write {path!r}: {size} of {len(data)} bytes written ({free_space(path)})")
+
+
+def fsync_file(path: str) -> None:
+    """Flush a written file to disk (fsync works on any descriptor of the file); WriteError on failure."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise write_error(path, exc) from None
+
 
 def remove_stale_temporaries(directory: str) -> list:
     """Delete the temporaries that writes killed mid-way (kill -9) left in `directory`; returns their names.
@@ -83,19 +174,29 @@ def atomic_write(path: str, write: Callable[[io.BufferedWriter], None]) -> str:
     """Call ``write(binary_file)`` on a temp file next to ``path`` and atomically move it there."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = _create_temp(directory, os.path.basename(path))
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = _create_temp(directory, os.path.basename(path))
+    except OSError as exc:
+        raise write_error(path, exc) from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+            written = f.tell()
+        if os.path.getsize(tmp) != written:
+            raise WriteError(errno.EIO, f"cannot write {path!r}: {os.path.getsize(tmp)} of {written} bytes "
+                             f"reached the disk ({free_space(path)})")
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        error = write_error(path, exc) if isinstance(exc, Exception) else None
+        if error is not None and error is not exc:
+            raise error from None
         raise
     _fsync_directory(directory)
     return path
@@ -116,7 +217,8 @@ def atomic_write_json(path: str, obj: Any, indent: int | None = 2) -> str:
 
 
 def atomic_torch_save(obj: Any, path: str) -> str:
-    """``torch.save(obj, path)`` atomically."""
+    """``torch.save(obj, path)`` atomically (WriteError when the disk is full: torch.save reports a
+    failed write as a RuntimeError, which the checked write turns into one)."""
     import torch
 
     return atomic_write(path, lambda f: torch.save(obj, f))

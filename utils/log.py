@@ -2,7 +2,9 @@
 
 Libraries only call ``logging.getLogger(__name__)``; the scripts call :func:`setup_logging`
 once. On DDP ranks other than 0 only warnings and errors reach the console and no file is
-written.
+written. A log file that cannot be written (a full disk) costs one warning on stderr, not a
+traceback per record; a record logged with ``extra=FILE_ONLY`` goes to the file only (e.g. the
+``error:`` line that the scripts' wrapper prints on stderr itself).
 """
 from __future__ import annotations
 
@@ -13,7 +15,9 @@ from typing import Optional
 
 from tqdm import tqdm
 
-__all__ = ["setup_logging", "TqdmHandler", "close_file_handlers"]
+__all__ = ["setup_logging", "TqdmHandler", "close_file_handlers", "QuietFileHandler", "FILE_ONLY"]
+
+FILE_ONLY = {"file_only": True}      # logger.error(..., extra=FILE_ONLY): not on the console
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 CONSOLE_FORMAT = "%(asctime)s %(message)s"
@@ -31,6 +35,23 @@ class TqdmHandler(logging.StreamHandler):
             self.handleError(record)
 
 
+class QuietFileHandler(logging.FileHandler):
+    """A log file whose failed writes (ENOSPC, EIO) are reported once on stderr, then skipped."""
+
+    _failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not self._failed:
+            self._failed = True
+            error = sys.exc_info()[1]
+            print(f"warning: cannot write the log file {self.baseFilename!r} "
+                  f"({getattr(error, 'strerror', None) or error}); its later lines are lost", file=sys.stderr)
+
+
+def _not_file_only(record: logging.LogRecord) -> bool:
+    return not getattr(record, "file_only", False)
+
+
 def setup_logging(log_file: Optional[str] = None, level: int = logging.INFO, rank: int = 0) -> logging.Logger:
     """Configure the root logger (replacing handlers set by an earlier call) and return it."""
     root = logging.getLogger()
@@ -42,10 +63,11 @@ def setup_logging(log_file: Optional[str] = None, level: int = logging.INFO, ran
     console.setLevel(level if rank == 0 else logging.WARNING)
     console.setFormatter(logging.Formatter(CONSOLE_FORMAT if rank == 0 else f"[rank {rank}] " + CONSOLE_FORMAT,
                                            DATE_FORMAT))
+    console.addFilter(_not_file_only)
     root.addHandler(console)
     if log_file and rank == 0:
         os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
-        file_handler = logging.FileHandler(log_file, encoding="utf-8")
+        file_handler = QuietFileHandler(log_file, encoding="utf-8")
         file_handler.setLevel(level)
         file_handler.setFormatter(logging.Formatter(LOG_FORMAT))
         root.addHandler(file_handler)

@@ -61,16 +61,16 @@ def _key(run_dir: str) -> str:
 def held_run_lock(run_dir: str) -> Optional["RunLock"]:
     """The RunLock of ``run_dir`` that this process holds, or None."""
     with _HELD_GUARD:
-        return _HELD.get(_key(run_dir))
+        return _HELD.get(os.path.join(_key(run_dir), LOCK_FILE))
 
 
-def read_holder(run_dir: str) -> Optional[Dict[str, Any]]:
+def read_holder(run_dir: str, name: str = LOCK_FILE) -> Optional[Dict[str, Any]]:
     """The holder record of ``<run_dir>/.lock`` (pid, host, since, command), or None if unreadable.
 
     Informative only: a record may be left by a process that has ended.
     """
     try:
-        with open(os.path.join(run_dir, LOCK_FILE), encoding="utf-8") as f:
+        with open(os.path.join(run_dir, name), encoding="utf-8") as f:
             text = f.read()
         record = json.loads(text) if text.strip() else None
     except (OSError, ValueError):
@@ -98,9 +98,16 @@ class RunLock:
     host when another process holds it. ``release()`` is idempotent.
     """
 
-    def __init__(self, run_dir: str):
+    def __init__(self, run_dir: str, *, name: str = LOCK_FILE, label: Optional[str] = None,
+                 advice: str = "Wait for that run to finish or stop it, or choose another --run-name / --output-dir."):
+        """``name``: the lock file in ``run_dir`` (another name locks one output file of a folder that
+        several processes share, e.g. test.py's results); ``label`` names what is locked in the
+        refusal (default "run directory '<run_dir>'"), ``advice`` ends it."""
         self.run_dir = os.fspath(run_dir)
-        self.path = os.path.join(self.run_dir, LOCK_FILE)
+        self.path = os.path.join(self.run_dir, name)
+        self.label = label or f"run directory {self.run_dir!r}"
+        self.advice = advice
+        self._key = os.path.join(_key(self.run_dir), name)
         self._fd: Optional[int] = None
 
     @property
@@ -110,10 +117,11 @@ class RunLock:
     def acquire(self) -> "RunLock":
         if self.held:
             raise RuntimeError(f"RunLock of {self.run_dir!r} is already held by this object")
-        other = held_run_lock(self.run_dir)
+        with _HELD_GUARD:
+            other = _HELD.get(self._key)
         if other is not None:
-            raise RunLockError(f"run directory {self.run_dir!r} is already locked by this process "
-                               f"(pid {os.getpid()}); a run directory serves one run at a time")
+            raise RunLockError(f"{self.label} is already locked by this process "
+                               f"(pid {os.getpid()}); it serves one run at a time")
         try:
             os.makedirs(self.run_dir, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -126,9 +134,8 @@ class RunLock:
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise UserError(f"cannot lock {self.path!r}: {exc.strerror}") from None
             raise RunLockError(
-                f"run directory {self.run_dir!r} is in use by another process: "
-                f"{_describe(self._wait_for_record())}. Wait for that run to finish or stop it, "
-                f"or choose another --run-name / --output-dir.") from None
+                f"{self.label} is in use by another process: "
+                f"{_describe(self._wait_for_record())}. {self.advice}") from None
         self._fd = fd
         try:
             self._write_record()
@@ -136,13 +143,13 @@ class RunLock:
             self.release()
             raise
         with _HELD_GUARD:
-            _HELD[_key(self.run_dir)] = self
+            _HELD[self._key] = self
         return self
 
     def _wait_for_record(self) -> Optional[Dict[str, Any]]:
         deadline = time.monotonic() + HOLDER_RECORD_WAIT_S
         while True:
-            record = read_holder(self.run_dir)
+            record = read_holder(self.run_dir, os.path.basename(self.path))
             if record is not None or time.monotonic() >= deadline:
                 return record
             time.sleep(HOLDER_RECORD_POLL_S)
@@ -161,8 +168,8 @@ class RunLock:
         if self._fd is None:
             return
         with _HELD_GUARD:
-            if _HELD.get(_key(self.run_dir)) is self:
-                del _HELD[_key(self.run_dir)]
+            if _HELD.get(self._key) is self:
+                del _HELD[self._key]
         fd, self._fd = self._fd, None
         try:
             os.ftruncate(fd, 0)           # no record of a holder that has gone

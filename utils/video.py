@@ -1,4 +1,5 @@
-"""MP4 videos that browsers and notebooks play: H.264 (libx264), yuv420p, written atomically.
+"""MP4 videos that browsers and notebooks play: H.264 (libx264), yuv420p, written atomically;
+and video files read to their declared end (:class:`VideoReader`: a truncated file is an error).
 
     with VideoWriter.open("overlay.mp4", fps=24, size=(480, 854)) as video:
         for frame in frames:                      # uint8 [H, W, 3] RGB
@@ -21,15 +22,20 @@ temporary file.
 """
 from __future__ import annotations
 
+import logging
 import os
 from fractions import Fraction
-from typing import Optional, Sequence, Tuple
+from typing import Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .fileio import _fsync_directory, _temp_path
+from .runtime import UserError
 
-__all__ = ["VideoWriter", "CODEC", "PIXEL_FORMAT", "even_size"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["VideoWriter", "VideoReader", "VideoTruncatedError", "declared_frame_count", "CODEC", "PIXEL_FORMAT",
+           "even_size"]
 
 CODEC = "libx264"                 # H.264 encoder (the stream's codec name reads back as 'h264')
 PIXEL_FORMAT = "yuv420p"          # the only H.264 format every browser decodes
@@ -149,3 +155,64 @@ class VideoWriter:
     def __repr__(self) -> str:
         return (f"VideoWriter({self.path!r}, size={self.size[0]}x{self.size[1]}, "
                 f"frames={self.frames_written}, closed={self.closed})")
+
+
+# ---------------------------------------------------------------------------- reading
+class VideoTruncatedError(UserError):
+    """A video file that ends (or stops decoding) before the frame count its index declares."""
+
+
+def declared_frame_count(path: str) -> Optional[int]:
+    """The number of frames the container's index declares (MP4/MOV, AVI), or None where the
+    container declares none (Matroska/WebM, raw streams) or cannot be opened."""
+    import av  # noqa: WPS433 - imported on use
+
+    try:
+        with av.open(os.fspath(path)) as container:
+            streams = container.streams.video
+            return int(streams[0].frames) or None if streams else None
+    except Exception:  # noqa: BLE001 - an unreadable file is reported by the reader itself
+        return None
+
+
+class VideoReader:
+    """RGB uint8 frames ``[h, w, 3]`` of a video file, decoded by OpenCV, read to the declared end.
+
+    OpenCV's reader stops without a word where a file was cut short or a frame fails to decode;
+    so after the last frame, fewer frames than the container declares is a
+    :class:`VideoTruncatedError` (a UserError: exit 2), unless ``allow_truncated`` (then it is
+    logged, and :attr:`truncated` says so). ``declared_frames`` is None where the container
+    declares no count (nothing to compare with).
+    """
+
+    def __init__(self, path: str, *, allow_truncated: bool = False):
+        self.path = os.fspath(path)
+        self.allow_truncated = allow_truncated
+        self.declared_frames = declared_frame_count(self.path)
+        self.frames_read = 0
+
+    @property
+    def truncated(self) -> bool:
+        return self.declared_frames is not None and self.frames_read < self.declared_frames
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        import cv2  # noqa: WPS433
+
+        capture = cv2.VideoCapture(self.path)
+        self.frames_read = 0
+        try:
+            while True:
+                ok, frame = capture.read()
+                if not ok:
+                    break
+                self.frames_read += 1
+                yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+        finally:
+            capture.release()
+        if self.truncated and self.frames_read > 0:
+            message = (f"video {self.path!r} ends after {self.frames_read} of the {self.declared_frames} frames "
+                       f"its index declares (the file is cut short, or frame {self.frames_read} does not decode)")
+            if not self.allow_truncated:
+                raise VideoTruncatedError(f"{message}; nothing was written. Pass --allow-truncated to keep the "
+                                          f"{self.frames_read} frames that were read.")
+            logger.warning("%s; keeping the %d frames read (--allow-truncated)", message, self.frames_read)

@@ -18,6 +18,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Tuple, Type
 from config import ConfigError, get_config, update_config
 from config.cli import add_config_arguments, add_config_option, explicit_values
 from utils.checkpoint import CheckpointError
+from utils.fileio import WriteError
 from utils.runtime import EXIT_INTERRUPTED, UserError, run_cli
 
 __all__ = ["script_parser", "add_config_arguments", "add_config_option", "explicit_values", "resolve_config", "user_error_types",
@@ -79,11 +80,11 @@ def resolve_config(base: Mapping[str, Any], values: Mapping[str, Any]):
 
 
 def user_error_types() -> Tuple[Type[BaseException], ...]:
-    """The exceptions that mean bad input (printed as ``error: ...``, exit status 2)."""
+    """The exceptions that mean bad input or a full disk (printed as ``error: ...``, exit status 2)."""
     from dataset import DatasetError  # noqa: WPS433 - the data pipeline is a heavy import, kept out of --help
     from models import ModelError  # noqa: WPS433
 
-    return (UserError, ConfigError, CheckpointError, DatasetError, ModelError)
+    return (UserError, ConfigError, CheckpointError, DatasetError, ModelError, WriteError)
 
 
 def run(main: Callable[[Sequence[str]], int], argv: Optional[Sequence[str]] = None) -> int:

@@ -9,9 +9,12 @@ checkpoint and writes the results JSON.
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import math
 import os
+import tempfile
 import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
@@ -21,9 +24,11 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from config import DEFAULTS, config_to_dict
-from utils.fileio import atomic_write_json, unwritable_reason
+from utils.distributed import env_rank
+from utils.fileio import WriteError, atomic_write_json, unwritable_reason
 from utils.log import setup_logging
 from utils.metrics import FewShotEvaluator, jaccard
+from utils.runlock import RunLock
 from utils.runtime import UserError, resolve_device, seed_everything
 from utils.visualize import save_video_visualisation
 
@@ -34,7 +39,8 @@ from .loading import LoadedModel, load_trained_model
 
 __all__ = ["METRICS", "RESULTS_FOLDER", "metric_names", "results_path", "check_output_locations", "make_segmenter",
            "COMPILED_MODULES", "check_compiler", "compile_model", "compile_seconds", "AllBackground", "model_under_test",
-           "evaluate_split", "aggregate", "format_table", "run_test", "validate_episodes", "checkpoint_to_test"]
+           "evaluate_split", "aggregate", "format_table", "results_lock", "write_results", "run_test", "validate_episodes",
+           "checkpoint_to_test"]
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +135,7 @@ def model_under_test(values: Mapping[str, Any], *, checkpoint: Optional[str], tr
         seed_everything(cfg.seed)                 # the same initial weights as train.py's
         model = build_model(cfg, backbone_weights=backbone_weights_path(cfg, required=True))
         return cfg, LoadedModel(model=model.eval(), config=None, description="none (untrained)")
-    if not os.path.isfile(path):
+    if not os.path.exists(path):                  # a directory: load_checkpoint names it as one
         hint = (f"train first (python train.py --group {cfg.group}) or pass --checkpoint PATH"
                 if checkpoint is None else "check the path")
         raise UserError(f"checkpoint {path!r} does not exist; {hint}")
@@ -307,13 +313,54 @@ def run_test(values: Mapping[str, Any], *, checkpoint: Optional[str] = None, out
     ``values`` are explicit config values (see vipmt.cli); ``checkpoint`` as in
     :func:`model_under_test`; ``output`` defaults to :func:`results_path` (the log is written
     beside it, same name, ``.log``); ``save_vis`` writes overlays of the first run. Output
-    locations are checked before the model is loaded. The results hold ``table`` (the text table).
+    locations are checked before the model is loaded, and the results file is locked
+    (:func:`results_lock`) while the test runs. The results hold ``table`` (the text table). When
+    the JSON cannot be written, :func:`write_results` keeps it in a fallback file it names.
     """
     early = resolve_config({}, values)
     require_dataset(early)                                            # before loading any weights
     output = output or results_path(early, checkpoint)
     check_output_locations(output=output, save_vis=save_vis)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    with results_lock(output):
+        return _run_test_locked(values, checkpoint=checkpoint, output=output, save_vis=save_vis, trusted=trusted)
+
+
+def results_lock(output: str):
+    """The lock of one results file (``.<name>.lock`` beside it): a second test.py writing the same
+    JSON and log is refused, naming the first; tests of other checkpoints or seeds share the folder."""
+    if env_rank() != 0:                      # DDP: rank 0 holds it for the job
+        return contextlib.nullcontext()
+    folder, name = os.path.split(os.path.abspath(output))
+    return RunLock(folder, name=f".{name}.lock", label=f"results file {output!r}",
+                   advice="Wait for that test to finish or stop it, or pass another --output.")
+
+
+def write_results(output: str, results: Mapping[str, Any], table: str) -> None:
+    """Write the results JSON atomically. When it cannot be written (a full disk), what was computed
+    is kept: the table goes to stdout, the JSON to a fallback file, and the WriteError names it."""
+    try:
+        atomic_write_json(output, results)
+        return
+    except WriteError as exc:
+        failure = exc
+    print(table, flush=True)
+    stem = os.path.splitext(os.path.basename(output))[0]
+    for folder in (tempfile.gettempdir(), os.getcwd(), os.path.expanduser("~")):
+        fallback = os.path.join(folder, f"{stem}.unsaved-{os.getpid()}.json")
+        try:
+            atomic_write_json(fallback, results)
+        except OSError:
+            continue
+        raise WriteError(failure.errno, f"{failure}; the table is printed above and the results are saved to "
+                                        f"{fallback!r}")
+    print(json.dumps(results, default=str), flush=True)
+    raise WriteError(failure.errno, f"{failure}; no fallback file could be written either, so the table and "
+                                    f"the results JSON are printed above")
+
+
+def _run_test_locked(values: Mapping[str, Any], *, checkpoint: Optional[str], output: str,
+                     save_vis: Optional[str], trusted: bool) -> Dict[str, Any]:
     setup_logging(os.path.splitext(output)[0] + ".log")
     cfg, loaded = model_under_test(values, checkpoint=checkpoint, trusted=trusted)
     device = resolve_device(cfg.device)
@@ -337,7 +384,7 @@ def run_test(values: Mapping[str, Any], *, checkpoint: Optional[str] = None, out
     results = {"checkpoint": loaded.description, "dataset": cfg.dataset, "group": cfg.group,
                "metrics": metric_keys, "class_names": names, "aggregate": agg, "runs": runs,
                "config": config_to_dict(cfg), "seconds": round(time.time() - started, 1)}
-    atomic_write_json(output, results)
+    write_results(output, results, table)
     logger.info("metrics table:\n%s", table)
     logger.info("results written to %s%s", output, f"; overlays in {save_vis}" if save_vis else "")
     return dict(results, table=table, output=output)

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from utils import distributed as du
 from utils.checkpoint import CheckpointError, load_model_state, save_checkpoint, save_weights
-from utils.fileio import atomic_copy, atomic_write_text
+from utils.fileio import atomic_copy, atomic_write_text, write_error
 from utils.plain import plain_data
 
 from .build import BEST_CHECKPOINT, LAST_CHECKPOINT, METRICS_FILE, TENSORBOARD_DIR
@@ -267,10 +267,13 @@ class MetricsFileHook(HookBase):
 
     def after_epoch(self, trainer: "Trainer", record: Dict[str, Any]) -> None:
         if trainer.dist.is_main:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(metrics_line(record))
-                f.flush()
-                os.fsync(f.fileno())
+            try:
+                with open(self.path, "a", encoding="utf-8") as f:
+                    f.write(metrics_line(record))
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as exc:        # a full disk; a cut line is rewritten from last.pth on --resume
+                raise write_error(self.path, exc) from None
 
 
 def default_hooks(run_dir: str, *, validate: Callable[[Any], Mapping[str, Any]],

@@ -28,6 +28,7 @@ from config.config import DEFAULTS
 from dataset.transforms import TestTransform, letterbox_geometry
 from models import VIPMT, SupportEncoding, VideoSegmenter, VideoSession
 from utils.runtime import resolve_device
+from utils.video import VideoReader
 
 from .inputs import MAX_SUPPORTS, InputError, _check_rgb, _is_path, prepare_supports, read_image
 from .loading import load_trained_model
@@ -59,24 +60,31 @@ class VideoSource:
     video: a video file (anything OpenCV reads), a folder of frame images (sorted by name), an
     array [T, h, w, 3] or an iterable of RGB uint8 frames [h, w, 3] (e.g. a generator). Every frame
     must have the first frame's size. `fps` and `length` are None where the source does not say.
+    A video file that ends before the frame count it declares raises VideoTruncatedError (a
+    UserError) after its last
+    frame, unless allow_truncated (then `truncation` says how many frames were read); a folder
+    with two frames named alike but for the extension is refused.
     """
 
-    def __init__(self, video: Any):
+    def __init__(self, video: Any, *, allow_truncated: bool = False):
         self.fps: float | None = None
         self.length: int | None = None
-        self._path = self._names = self._frames = None
+        self._path = self._names = self._frames = self._reader = None
         if _is_path(video):
             self._path = os.fspath(video)
             if os.path.isdir(self._path):
                 self._names = sorted(f for f in os.listdir(self._path) if f.lower().endswith(FRAME_EXTENSIONS))
                 if not self._names:
                     raise InputError(f"folder {self._path!r} has no frames ({', '.join(FRAME_EXTENSIONS)})")
+                _refuse_same_stems(self._path, self._names)
                 self.fps, self.length = FRAME_FOLDER_FPS, len(self._names)
             elif os.path.isfile(self._path):
                 capture = cv2.VideoCapture(self._path)
                 self.fps = float(capture.get(cv2.CAP_PROP_FPS) or FRAME_FOLDER_FPS)
                 self.length = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None    # an estimate for some formats
                 capture.release()
+                # allow_truncated: keep the frames before a cut or an undecodable frame (else an error)
+                self._reader = VideoReader(self._path, allow_truncated=allow_truncated)
             else:
                 raise InputError(f"video {self._path!r} does not exist (give a video file or a folder of frames)")
         elif isinstance(video, np.ndarray):
@@ -96,17 +104,8 @@ class VideoSource:
                 path = os.path.join(self._path, name)
                 yield os.path.splitext(name)[0], f"frame {path!r}", read_image(path)
         elif self._path is not None:
-            capture = cv2.VideoCapture(self._path)
-            try:
-                index = 0
-                while True:
-                    ok, frame = capture.read()
-                    if not ok:
-                        break
-                    yield f"{index:05d}", f"frame {index} of {self._path!r}", cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-                    index += 1
-            finally:
-                capture.release()
+            for index, frame in enumerate(self._reader):
+                yield f"{index:05d}", f"frame {index} of {self._path!r}", frame
         else:
             for index, frame in enumerate(self._frames):
                 yield None, f"video frame {index}", frame
@@ -128,9 +127,41 @@ class VideoSource:
             raise InputError("the video has no frames")
 
 
-def open_video(video: Any) -> VideoSource:
-    """`VideoSource(video)`, or `video` itself if it already is one."""
-    return video if isinstance(video, VideoSource) else VideoSource(video)
+    @property
+    def truncation(self) -> dict | None:
+        """{'declared_frames', 'frames_read'} of a video file read only in part (allow_truncated), else None."""
+        if self._reader is None or not self._reader.truncated:
+            return None
+        return {"declared_frames": self._reader.declared_frames, "frames_read": self._reader.frames_read}
+
+
+def _refuse_same_stems(folder: str, names: list) -> None:
+    """Frames named alike but for the extension (a.jpg, a.png) would write one mask file: refused."""
+    by_stem: dict = {}
+    for name in names:
+        by_stem.setdefault(os.path.splitext(name)[0], []).append(name)
+    clashes = [group for group in by_stem.values() if len(group) > 1]
+    if clashes:
+        listed = "; ".join(", ".join(group) for group in clashes[:5])
+        raise InputError(f"folder {folder!r} has {len(clashes)} frame name(s) that differ only in the extension "
+                         f"({listed}{'; ...' if len(clashes) > 5 else ''}): their masks would be written to one "
+                         f"file. Keep one file per frame name")
+
+
+def open_video(video: Any, *, allow_truncated: bool = False) -> VideoSource:
+    """`VideoSource(video, allow_truncated=...)`, or `video` itself if it already is one."""
+    return video if isinstance(video, VideoSource) else VideoSource(video, allow_truncated=allow_truncated)
+
+
+def _check_letterbox_fits(shape: tuple, image_size: tuple, label: str) -> None:
+    """InputError for an image so elongated that letterboxing it to the model's input size (H, W)
+    leaves a side of 0 pixels (e.g. 3000x2 into 424x240)."""
+    height, width = shape[:2]
+    new_h, new_w, _, _ = letterbox_geometry(height, width, *image_size)
+    if new_h < 1 or new_w < 1:
+        raise InputError(f"{label} is {width}x{height}: too elongated for the model's {image_size[1]}x"
+                         f"{image_size[0]} input (letterboxed it would be {new_w}x{new_h} pixels); crop "
+                         f"or pad it to an aspect ratio nearer the model's")
 
 
 def unletterbox(mask: np.ndarray, original: tuple[int, int]) -> np.ndarray:
@@ -178,6 +209,8 @@ class Session:
     def __init__(self, predictor: "Predictor", support_images: Any, support_masks: Any, *,
                  return_probabilities: bool = False, keep_frames: bool = False):
         images, masks = prepare_supports(support_images, support_masks)
+        for i, image in enumerate(images):
+            _check_letterbox_fits(image.shape, predictor.image_size, f"support image {i + 1}")
         self.predictor = predictor
         self.return_probabilities = return_probabilities
         self.keep_frames = keep_frames
@@ -253,6 +286,8 @@ class Session:
             initial = self._engine.supports.select(list(range(self._initial_count)))
             self._engine.supports = SupportEncoding.cat([initial, *self._corrections])
         frames = [frame for _, _, frame in clip]
+        _check_letterbox_fits(frames[0].shape, self.predictor.image_size,        # one size per video
+                              f"video frame {clip[0][1] or clip[0][0]}")
         no_mask = np.zeros(frames[0].shape[:2], np.uint8)      # the transform letterboxes masks too
         images, _ = self.predictor.transform(frames, [no_mask] * len(frames))
         step = self._engine.step(images, probabilities=self.return_probabilities)

@@ -26,8 +26,8 @@ from config import (OPTIMIZER_KEYS, ConfigError, complete_saved_config, read_con
                     update_config)
 from utils import distributed as du
 from utils.checkpoint import is_resumable, load_checkpoint
-from utils.fileio import unwritable_reason
-from utils.log import close_file_handlers, setup_logging
+from utils.fileio import WriteError, unwritable_reason
+from utils.log import FILE_ONLY, close_file_handlers, setup_logging
 from utils.runlock import LOCK_FILE, RunLock
 from utils.runtime import EXIT_FAILURE, EXIT_INTERRUPTED, UserError, resolve_device
 
@@ -55,7 +55,7 @@ def find_resume_checkpoint(cfg, resume_from: Optional[str]) -> str:
                             f"--resume, or name the run to continue: --resume-from CHECKPOINT, or "
                             f"--run-name NAME (and --output-dir DIR) of an earlier run.")
         return path
-    if not os.path.isfile(resume_from):
+    if not os.path.exists(resume_from):           # a directory: load_checkpoint names it as one
         raise UserError(f"--resume-from: checkpoint {resume_from!r} does not exist")
     return resume_from
 
@@ -283,6 +283,9 @@ def _train_in(run_dir: str, cfg, values: Mapping[str, Any], *, hold: Optional[Ru
         try:
             with StopSignals(dist_info).handled() as signals:
                 status = trainer.fit(stop_after=stop_after, stop_signal=signals.received)
+        except WriteError as exc:              # a full disk: every earlier checkpoint is intact (atomic writes)
+            logger.error("error: %s", exc, extra=FILE_ONLY)     # the wrapper prints it on stderr
+            raise
         except TrainingError as exc:
             logger.error("%s", exc)
             if dist_info.is_main:
