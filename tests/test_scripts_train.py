@@ -16,7 +16,8 @@ import torch
 import yaml
 
 from helpers import reference_case
-from scripts_support import REPO, TINY, assert_same_run, load_script, run, tiny, with_overrides, write_dataset
+from scripts_support import (REPO, TIMING_KEYS, TINY, assert_same_run, load_script, metrics_lines, run, tiny,
+                             with_overrides, without_timings, write_dataset)
 
 train = load_script("train")
 
@@ -143,11 +144,14 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(straight, tmp_p
     assert "resumed after epoch" in log and "RANDOM backbone" in log   # --backbone-weights none warns
     assert not [f for f in os.listdir(run_dir) if ".tmp" in f]          # no temporary files left behind
     # metrics.jsonl: one line per epoch after three resumes, as in the uninterrupted run
-    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    lines = metrics_lines(run_dir)
     assert [line["epoch"] for line in lines] == [1, 2]
-    assert (run_dir / "metrics.jsonl").read_text() == (straight_dir / "metrics.jsonl").read_text()
+    assert without_timings(lines) == without_timings(metrics_lines(straight_dir))
     assert set(lines[1]) >= {"train_loss", "train_main", "train_aux", "train_contrast", "train_score",
-                             "val_mean_class_iou", "val_class_iou", "global_step", "lr"}
+                             "val_mean_class_iou", "val_class_iou", "global_step", "lr", *TIMING_KEYS}
+    # the wait for data (detectron2's data_time): mean seconds per step, and its share of the steps' time
+    for line in lines:
+        assert line["data_time"] > 0 and 0 < line["data_wait_fraction"] < 1
     assert lines[1]["global_step"] == 4 and list(lines[1]["val_class_iou"]) == ["1"]   # the held-out class
     assert lines[1]["val_mean_class_iou"] == pytest.approx(lines[1]["val_class_iou"]["1"])
     assert [r["val_mean_class_iou"] for r in b["metrics"]["history"]] == [r["val_mean_class_iou"] for r in lines]
@@ -187,7 +191,7 @@ def test_ctrl_c_saves_last_pth_exits_130_and_resume_continues_exactly(straight, 
            f"step {stopped['global_step']})" in log
     assert run(train, argv + ["--resume"]) == 0
     assert_same_run(_load(straight_dir / "last.pth"), _load(run_dir / "last.pth"))
-    assert (run_dir / "metrics.jsonl").read_text() == (straight_dir / "metrics.jsonl").read_text()
+    assert without_timings(metrics_lines(run_dir)) == without_timings(metrics_lines(straight_dir))
 
 
 def test_second_ctrl_c_exits_at_once_without_saving(straight, tmp_path):
