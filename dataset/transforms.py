@@ -43,6 +43,8 @@ from utils.visualize import IMAGENET_MEAN, IMAGENET_STD     # the one home of th
 from .errors import DatasetError
 
 PIXEL_MAX = 255.0
+_CHANNEL_MEAN = torch.from_numpy(IMAGENET_MEAN).view(3, 1, 1)
+_CHANNEL_STD = torch.from_numpy(IMAGENET_STD).view(3, 1, 1)
 
 CROP_PERCENT = (0.0, 0.1)
 AFFINE_SCALE = (0.95, 1.05)
@@ -129,9 +131,11 @@ def _finish(images: list[np.ndarray], masks: list[np.ndarray], out_size: tuple[i
     The letterbox geometry is the first frame's for the whole list unless ``per_frame``;
     ``x * contrast + noise`` is applied to the resized frames, inside the letterbox."""
     source = None if per_frame else images[0].shape[:2]
-    image_stack = np.stack([normalise(letterbox_image(img, out_size, source, contrast, noise)) for img in images])
+    image_stack = np.stack([letterbox_image(img, out_size, source, contrast, noise) for img in images])
     mask_stack = np.stack([letterbox_mask(m, out_size, source) for m in masks])
+    # normalise() channel-first: per-channel constants then act on long contiguous rows
     image_tensor = torch.from_numpy(rearrange(image_stack, "t h w c -> t c h w").copy())
+    image_tensor.div_(PIXEL_MAX).sub_(_CHANNEL_MEAN).div_(_CHANNEL_STD)
     mask_tensor = torch.from_numpy(rearrange(mask_stack, "t h w -> t 1 h w").copy()).float()
     return image_tensor, mask_tensor
 
@@ -300,17 +304,18 @@ class FastTrainTransform:
         flip = rng.random() < FLIP_PROBABILITY
 
         # contrast, noise and the normalisation in one multiply-add: ((x c + n) / 255 - mean) / std
-        scale = (contrast / np.float32(PIXEL_MAX) / IMAGENET_STD).astype(np.float32)
-        offset = ((noise / np.float32(PIXEL_MAX) - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32)
+        scale = torch.from_numpy(contrast / np.float32(PIXEL_MAX) / IMAGENET_STD).view(1, 3, 1, 1)
+        offset = torch.from_numpy((noise / np.float32(PIXEL_MAX) - IMAGENET_MEAN) / IMAGENET_STD).view(1, 3, 1, 1)
         out_height, out_width = self.image_size
         sizes = [f.shape[1::-1] if portrait else f.shape[:2] for f in frames]   # (h, w) after the transpose
-        images = np.empty((len(frames), out_height, out_width, 3), dtype=np.float32)
-        images[...] = normalise(np.zeros(3, dtype=np.float32))            # the letterbox padding
+        warped = np.zeros((len(frames), out_height, out_width, 3), dtype=np.uint8)
         out_masks = np.zeros((len(frames), out_height, out_width), dtype=np.uint8)
+        boxes = []
         for index, (frame, mask) in enumerate(zip(frames, masks)):
             height, width = sizes[index]
             source = sizes[index] if self.letterbox_per_frame else sizes[0]
             new_height, new_width, top, left = letterbox_geometry(*source, out_height, out_width)
+            boxes.append((top, top + new_height, left, left + new_width))
             to_output = _pixel_scale(new_width / width, new_height / height)
             if flip:
                 to_output = to_output @ np.array([[-1.0, 0, width - 1], [0, 1, 0], [0, 0, 1]])
@@ -320,15 +325,21 @@ class FastTrainTransform:
                 to_output = to_output @ np.array([[0.0, 1, 0], [1, 0, 0], [0, 0, 1]])
             warp = dict(dsize=(new_width, new_height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                         borderValue=0)
-            inside = images[index, top:top + new_height, left:left + new_width]
-            inside[...] = cv2.warpAffine(np.ascontiguousarray(frame, dtype=np.uint8), to_output[:2], **warp)
-            inside *= scale
-            inside += offset
+            warped[index, top:top + new_height, left:left + new_width] = cv2.warpAffine(
+                np.ascontiguousarray(frame, dtype=np.uint8), to_output[:2], **warp)
             object_255 = np.ascontiguousarray(mask, dtype=np.uint8) * np.uint8(255)
             out_masks[index, top:top + new_height, left:left + new_width] = (
                 cv2.warpAffine(object_255, to_output[:2], **warp) == 255)
-        image_tensor = torch.from_numpy(rearrange(images, "t h w c -> t c h w").copy())
-        mask_tensor = torch.from_numpy(rearrange(out_masks, "t h w -> t 1 h w").copy()).float()
+        # channel-first before the float work: per-channel factors then act on long contiguous rows
+        image_tensor = torch.empty((len(frames), 3, out_height, out_width), dtype=torch.float32)
+        image_tensor.copy_(torch.from_numpy(warped).permute(0, 3, 1, 2)).mul_(scale).add_(offset)
+        padding = torch.from_numpy(normalise(np.zeros(3, dtype=np.float32))).view(3, 1, 1)
+        for index, (top, bottom, left, right) in enumerate(boxes):     # the letterbox padding, untouched
+            image_tensor[index, :, :top] = padding
+            image_tensor[index, :, bottom:] = padding
+            image_tensor[index, :, :, :left] = padding
+            image_tensor[index, :, :, right:] = padding
+        mask_tensor = torch.from_numpy(out_masks).unsqueeze(1).float()
         return image_tensor, mask_tensor
 
 
