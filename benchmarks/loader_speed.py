@@ -14,7 +14,7 @@ Then, one thread per process:
 2. **stages**: core-seconds per episode by stage, ``--episodes`` episodes through the loader
    train.py builds (``vipmt.build.build_train_loader``, ``num_workers=0`` so that the stages run
    here): read + JPEG decode, annotation decode, crop + affine (imgaug), the transform's other
-   work (uint8 transpose / flip, stacking), letterbox + contrast/noise, normalise, collate; for
+   work (uint8 transpose / flip, normalise, stacking), letterbox + contrast/noise, collate; for
    ``fast_augment`` the single warp replaces crop/affine/letterbox.
 3. **loader**: episodes/s of that loader with 1, 2 and ``auto`` workers (the first batch, which
    starts the workers, is left out).
@@ -50,8 +50,8 @@ from vipmt import build  # noqa: E402
 IMAGE_SIZE = (240, 424)
 RESOLUTIONS = {"1280x720": (720, 1280), "640x360": (360, 640)}
 QUERY_FRAMES, SHOTS = 15, 5
-STAGES = ["read + JPEG decode", "annotation decode", "crop + affine (imgaug)", "transpose / flip / stack",
-          "letterbox + contrast/noise", "letterbox masks", "normalise", "fast_augment: one warp + float",
+STAGES = ["read + JPEG decode", "annotation decode", "crop + affine (imgaug)", "transpose / flip / normalise / stack",
+          "letterbox + contrast/noise", "letterbox masks", "fast_augment: one warp + float",
           "collate"]
 
 
@@ -159,7 +159,7 @@ def instrument(clock: StageClock, dataset) -> None:
     dataset.load_mask = clock.wrap("annotation decode", dataset.load_mask)
     dataset.transform = clock.wrap(
         "fast_augment: one warp + float" if isinstance(dataset.transform, FastTrainTransform)
-        else "transpose / flip / stack", dataset.transform)
+        else "transpose / flip / normalise / stack", dataset.transform)
 
 
 class patched:
@@ -168,7 +168,6 @@ class patched:
     def __init__(self, clock: StageClock):
         self.targets = [(transforms, "letterbox_image", "letterbox + contrast/noise"),
                         (transforms, "letterbox_mask", "letterbox masks"),
-                        (transforms, "normalise", "normalise"),
                         (ImgaugGeometry, "__call__", "crop + affine (imgaug)"),
                         (build, "collate_episodes", "collate")]
         self.clock, self.saved = clock, []

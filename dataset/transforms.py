@@ -218,16 +218,19 @@ class ImgaugGeometry:
         mask = self.affine._augment_images_by_samples([mask], affine, image_shapes=[image.shape])[0]
         return image, mask.reshape(height, width)
 
-    def matrix(self, height: int, width: int) -> np.ndarray:
-        """``[3, 3]`` map from a ``height x width`` frame's pixel coordinates to where the crop
-        (resized back to the frame size) and the affine put them (pixel centres at integers)."""
+    def matrix(self, height: int, width: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+        """The crop box ``(x1, y1, x2, y2)`` of a ``height x width`` frame and the ``[3, 3]`` map
+        from the crop's own pixel coordinates to where the resize back to the frame size and the
+        affine put them (pixel centres at integers). Outside the box there is nothing: the
+        affine's fill shows there, as in imgaug's order."""
         if (height, width) not in self._matrices:
             crop, affine = self._draw((height, width))
             x1, y1, x2, y2 = self.crop_box(crop, height, width)
-            # the crop resized back, cv2.resize's convention: dst = (src - x1 + 0.5) * w / (x2 - x1) - 0.5
-            resize = _pixel_scale(width / (x2 - x1), height / (y2 - y1)) @ _translation(-x1, -y1)
+            # the crop resized back, cv2.resize's convention: dst = (src + 0.5) * w / (x2 - x1) - 0.5
+            resize = _pixel_scale(width / (x2 - x1), height / (y2 - y1))
             shape = (height, width, 3)
-            self._matrices[(height, width)] = affine.to_matrix(0, shape, shape, False)[0].params @ resize
+            self._matrices[(height, width)] = (affine.to_matrix(0, shape, shape, False)[0].params @ resize,
+                                               (x1, y1, x2, y2))
         return self._matrices[(height, width)]
 
 
@@ -319,15 +322,19 @@ class FastTrainTransform:
             to_output = _pixel_scale(new_width / width, new_height / height)
             if flip:
                 to_output = to_output @ np.array([[-1.0, 0, width - 1], [0, 1, 0], [0, 0, 1]])
-            if index > 0:
-                to_output = to_output @ geometry.matrix(height, width)
+            frame, mask = np.asarray(frame, dtype=np.uint8), np.asarray(mask, dtype=np.uint8)
+            if index > 0:                     # warp from the crop (a view), so that fill shows beyond it
+                crop_to_frame, (x1, y1, x2, y2) = geometry.matrix(height, width)
+                to_output = to_output @ crop_to_frame
+                rows, columns = (slice(x1, x2), slice(y1, y2)) if portrait else (slice(y1, y2), slice(x1, x2))
+                frame, mask = frame[rows, columns], mask[rows, columns]
             if portrait:
                 to_output = to_output @ np.array([[0.0, 1, 0], [1, 0, 0], [0, 0, 1]])
             warp = dict(dsize=(new_width, new_height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                         borderValue=0)
             warped[index, top:top + new_height, left:left + new_width] = cv2.warpAffine(
-                np.ascontiguousarray(frame, dtype=np.uint8), to_output[:2], **warp)
-            object_255 = np.ascontiguousarray(mask, dtype=np.uint8) * np.uint8(255)
+                frame, to_output[:2], **warp)
+            object_255 = mask * np.uint8(255)
             out_masks[index, top:top + new_height, left:left + new_width] = (
                 cv2.warpAffine(object_255, to_output[:2], **warp) == 255)
         # channel-first before the float work: per-channel factors then act on long contiguous rows
@@ -341,10 +348,6 @@ class FastTrainTransform:
             image_tensor[index, :, :, right:] = padding
         mask_tensor = torch.from_numpy(out_masks).unsqueeze(1).float()
         return image_tensor, mask_tensor
-
-
-def _translation(dx: float, dy: float) -> np.ndarray:
-    return np.array([[1.0, 0.0, dx], [0.0, 1.0, dy], [0.0, 0.0, 1.0]])
 
 
 def _pixel_scale(scale_x: float, scale_y: float) -> np.ndarray:
