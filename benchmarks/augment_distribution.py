@@ -33,9 +33,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dataset import build_dataset  # noqa: E402
-from dataset.transforms import (CONTRAST_RANGE, IMAGENET_MEAN, IMAGENET_STD, IMGAUG_SEED_BOUND,  # noqa: E402
-                                NOISE_DELTA, FastTrainTransform, TestTransform, TrainTransform,
-                                letterbox_geometry)
+from dataset.transforms import (IMAGENET_MEAN, IMAGENET_STD, FastTrainTransform, TestTransform,  # noqa: E402
+                                TrainTransform, letterbox_geometry, list_draws)
 from synthetic import write_synthetic_youtube_vis  # noqa: E402
 
 STATS = ["mask area ratio", "mask centroid x", "mask centroid y", "border fraction", "intensity mean",
@@ -55,10 +54,7 @@ class CaptureLists:
 
 def noise_of(seed: int) -> float:
     """The additive noise both transforms draw for a list transformed with ``default_rng(seed)``."""
-    rng = np.random.default_rng(seed)
-    rng.integers(IMGAUG_SEED_BOUND)
-    rng.uniform(*CONTRAST_RANGE)
-    return rng.uniform(-NOISE_DELTA, NOISE_DELTA)
+    return list_draws(np.random.default_rng(seed))[2]
 
 
 def list_statistics(images: torch.Tensor, masks: torch.Tensor, frames, out_size, noise: float,

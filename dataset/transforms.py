@@ -234,6 +234,15 @@ class ImgaugGeometry:
         return self._matrices[(height, width)]
 
 
+def list_draws(rng: np.random.Generator) -> tuple[ImgaugGeometry, float, float, bool]:
+    """One list's random draws, in the authors' order: the crop + affine (an imgaug seed), the
+    contrast factor, the additive noise, the horizontal flip."""
+    geometry = ImgaugGeometry(int(rng.integers(IMGAUG_SEED_BOUND)))
+    contrast = rng.uniform(*CONTRAST_RANGE)
+    noise = rng.uniform(-NOISE_DELTA, NOISE_DELTA)
+    return geometry, contrast, noise, bool(rng.random() < FLIP_PROBABILITY)
+
+
 class TrainTransform:
     """The training augmentation of docs/protocol.md; every random draw comes from ``rng``.
 
@@ -265,19 +274,16 @@ class TrainTransform:
             images = [cv2.transpose(img) for img in images]
             labels = [cv2.transpose(lab) for lab in labels]
 
-        geometry = ImgaugGeometry(int(rng.integers(IMGAUG_SEED_BOUND)))
+        geometry, contrast, noise, flip = list_draws(rng)
         for index in range(1, len(images)):
             images[index], labels[index] = geometry(images[index], labels[index])
-
-        contrast = rng.uniform(*CONTRAST_RANGE)
-        noise = rng.uniform(-NOISE_DELTA, NOISE_DELTA)
-        if rng.random() < FLIP_PROBABILITY:
+        if flip:
             images = [cv2.flip(img, 1) for img in images]
             labels = [cv2.flip(lab, 1) for lab in labels]
         return _finish(images, labels, self.image_size, self.letterbox_per_frame, contrast=contrast, noise=noise)
 
 
-class FastTrainTransform:
+class FastTrainTransform(TrainTransform):
     """``fast_augment=true``: the training augmentation as one warp per frame, at the output size.
 
     A deliberate deviation from the authors (opt-in, config key ``fast_augment``): the same random
@@ -292,19 +298,13 @@ class FastTrainTransform:
     compares their distributions.
     """
 
-    def __init__(self, image_size: Sequence[int] = tuple(DEFAULTS.image_size), letterbox_per_frame: bool = False):
-        self.image_size = check_image_size(image_size, error=DatasetError)
-        self.letterbox_per_frame = bool(letterbox_per_frame)
-
     def __call__(self, frames: Sequence[np.ndarray], masks: Sequence[np.ndarray],
                  rng: np.random.Generator):
         """frames ``uint8 [h,w,3]`` + masks ``[h,w]`` -> ``([T,3,H,W], [T,1,H,W])``."""
         _check_lists(frames, masks)
         portrait = frames[0].shape[0] >= frames[0].shape[1]
-        geometry = ImgaugGeometry(int(rng.integers(IMGAUG_SEED_BOUND)))
-        contrast = np.float32(rng.uniform(*CONTRAST_RANGE))
-        noise = np.float32(rng.uniform(-NOISE_DELTA, NOISE_DELTA))
-        flip = rng.random() < FLIP_PROBABILITY
+        geometry, contrast, noise, flip = list_draws(rng)
+        contrast, noise = np.float32(contrast), np.float32(noise)
 
         # contrast, noise and the normalisation in one multiply-add: ((x c + n) / 255 - mean) / std
         scale = torch.from_numpy(contrast / np.float32(PIXEL_MAX) / IMAGENET_STD).view(1, 3, 1, 1)
