@@ -157,6 +157,17 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(straight, tmp_p
     assert [r["val_mean_class_iou"] for r in b["metrics"]["history"]] == [r["val_mean_class_iou"] for r in lines]
 
 
+def test_data_wait_is_in_train_log_and_warned_about_once(straight):
+    _common, run_dir = straight
+    lines, log = metrics_lines(run_dir), (run_dir / "train.log").read_text()
+    for line in lines:     # each epoch's line: "(N s, data 0.012 s/step (3 % waiting))"
+        assert f"data {line['data_time']:.3f} s/step ({100 * line['data_wait_fraction']:.0f} % waiting)" in log
+    slow = [line["epoch"] for line in lines if line["data_wait_fraction"] > 0.2]
+    assert log.count("the model waited for data") == (1 if slow else 0)
+    if slow:
+        assert f"epoch {slow[0]}: the model waited for data" in log and "num_workers" in log
+
+
 def test_periodic_checkpoints_hold_the_weights_only(straight):
     from utils.checkpoint import is_resumable
 
