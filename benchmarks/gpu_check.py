@@ -15,7 +15,12 @@ others):
    losses, steps the scaler skipped;
 4. kill + resume: train.py on a tiny synthetic dataset, SIGKILL after its first checkpoint,
    `--resume --stop-after` two steps further; the run must continue from the checkpoint;
-5. ddp: train.py under torchrun on every GPU (NCCL), two steps; skipped with one GPU.
+5. ddp: train.py under torchrun on every GPU (NCCL), two steps; skipped with one GPU;
+6. train epoch at YouTube-VIS resolution: one epoch of train.py (random backbone, AMP, the default
+   ``num_workers=auto``) on benchmarks/loader_speed.py's synthetic 1280x720 tree (a quarter of
+   the videos portrait), with the default augmentation and with ``fast_augment=true``: steps/s and the
+   share of the epoch the model waited for data (metrics.jsonl's ``data_time``, issue 17);
+   ``--quick``: the default augmentation on the tiny dataset only.
 
 Writes report.md and report.json to --out (default outputs/gpu_check/) and prints the markdown.
 Exit status 0 when no section failed, 1 otherwise, 2 for a bad command line.
@@ -43,6 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.engine_speed import make_paths, synchronize, synthetic_video  # noqa: E402
+from benchmarks.loader_speed import write_datasets as write_loader_datasets  # noqa: E402
 from benchmarks.train_step_speed import synthetic_batch, train_step_trainer  # noqa: E402
 from synthetic import write_synthetic_youtube_vis  # noqa: E402
 from models import VIPMT  # noqa: E402
@@ -331,6 +337,44 @@ def check_ddp(device: torch.device, sizes: Sizes, out: Path, quick: bool) -> Sec
     return section
 
 
+def check_train_epoch(device: torch.device, sizes: Sizes, out: Path, quick: bool) -> Section:
+    """One epoch of train.py at 1280x720 (default workers): steps/s and the data-wait fraction."""
+    section = Section("train epoch at 1280x720 (loader)")
+    if quick:
+        data, size, steps_overrides = _synthetic_dataset(sizes, out / "kill_resume" / "data"), sizes.train_size, \
+            list(sizes.train_overrides)
+    else:
+        data, size = Path(write_loader_datasets(str(out / "loader_data"))["1280x720"]), (240, 424)
+        # 8 categories: fold 1 trains on 6 -> 6 x 8 episodes = 12 steps of batch 4
+        steps_overrides = ["episodes_per_class=8", "val_episodes_per_class=1", "val_batch_size=2"]
+    results = {}
+    variants = (("default", []),) if quick else (("default", []), ("fast_augment", ["fast_augment=true"]))
+    for name, extra in variants:
+        runs = out / "train_epoch" / f"runs_{int(time.time())}_{name}"
+        cmd = [sys.executable, "train.py", "--data-root", data, "--device", device.type, "--backbone-weights",
+               "none", "--output-dir", runs, "--run-name", name, f"image_size={size[0]},{size[1]}", "epochs=1",
+               *steps_overrides, *extra]
+        started = time.perf_counter()
+        proc = _run(cmd)
+        lines = (runs / name / "metrics.jsonl").read_text().splitlines() if proc.returncode == 0 else []
+        record = json.loads(lines[-1]) if lines else {}
+        if not record:
+            section.status, section.note = FAIL, f"{name}: train.py exit {proc.returncode}\n" + _tail(proc.stderr)
+            return section
+        step_seconds = record["data_time"] / max(record["data_wait_fraction"], 1e-9)
+        results[name] = {"steps": record["global_step"], "steps_per_s": round(1 / step_seconds, 3),
+                         "data_time_s": round(record["data_time"], 4),
+                         "data_wait_fraction": round(record["data_wait_fraction"], 3),
+                         "wall_seconds_with_startup_and_validation": round(time.perf_counter() - started, 1)}
+    from vipmt.build import resolve_num_workers  # noqa: WPS433
+
+    section.details = {"num_workers": f"auto = {resolve_num_workers('auto')}", "image_size": list(size), **results}
+    section.status = PASS
+    section.summary = "; ".join(f"{n}: {r['steps_per_s']} steps/s, {100 * r['data_wait_fraction']:.0f} % waiting"
+                                for n, r in results.items())
+    return section
+
+
 # ================================================================ report
 def run_section(name: str, function, *args) -> Section:
     started = time.perf_counter()
@@ -377,7 +421,8 @@ def main(argv) -> int:
                 run_section("engine speed (fp32, bf16)", check_engine, device, sizes, out),
                 run_section("fp16 AMP training steps", check_amp_training, device, sizes, out),
                 run_section("kill + resume (train.py)", check_kill_resume, device, sizes, out),
-                run_section("DDP (torchrun)", check_ddp, device, sizes, out, args.quick)]
+                run_section("DDP (torchrun)", check_ddp, device, sizes, out, args.quick),
+                run_section("train epoch at 1280x720 (loader)", check_train_epoch, device, sizes, out, args.quick)]
     text = markdown(env, sections, args.quick)
     atomic_write_text(str(out / "report.md"), text)
     atomic_write_json(str(out / "report.json"), {"environment": env, "quick": args.quick,

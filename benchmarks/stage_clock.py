@@ -12,23 +12,27 @@ __all__ = ["StageClock"]
 
 
 class StageClock:
-    """Exclusive wall-clock seconds per named stage: entering a stage pauses the one it is nested in."""
+    """Exclusive wall-clock seconds per named stage: entering a stage pauses the one it is nested in.
 
-    def __init__(self):
+    ``clock``: the time source (default ``time.perf_counter``; ``time.thread_time`` counts this
+    thread's CPU seconds, i.e. core-seconds of single-threaded work)."""
+
+    def __init__(self, clock=time.perf_counter):
+        self.clock = clock
         self.seconds = defaultdict(float)
         self.calls = Counter()
         self._stack: list[str] = []
         self._mark = 0.0
 
     def enter(self, name: str) -> None:
-        now = time.perf_counter()
+        now = self.clock()
         if self._stack:
             self.seconds[self._stack[-1]] += now - self._mark
         self._stack.append(name)
         self._mark = now
 
     def exit(self) -> None:
-        now = time.perf_counter()
+        now = self.clock()
         name = self._stack.pop()
         self.seconds[name] += now - self._mark
         self.calls[name] += 1

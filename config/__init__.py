@@ -1,5 +1,6 @@
 """Configuration: defaults of every setting and strict overrides (see config/config.py)."""
 from .config import (  # noqa: F401
+    AUTO,
     DATASET_NAMES,
     DEFAULTS,
     OPTIMIZER_KEYS,

@@ -34,6 +34,7 @@ from utils.provenance import environment_info
 
 __all__ = [
     "ConfigError",
+    "AUTO",
     "DEFAULTS",
     "DATASET_NAMES",
     "get_config",
@@ -90,6 +91,13 @@ DEFAULTS = EasyDict(
         # with its own size: a deviation that changes inputs and results when sizes are mixed.
         "letterbox_per_frame": False,              # letterbox every frame with its own size and offset
                                                    # (a deviation; the authors: the first frame's) (R)
+        # The authors augment a training frame at full resolution: crop (resized back), affine, float
+        # contrast/noise, flip, letterbox. True composes them into one warp straight to the output
+        # size (dataset.transforms.FastTrainTransform): a deviation that resamples once instead of
+        # three times (README, "Training data loader").
+        "fast_augment": False,                     # training augmentation as one warp per frame at the
+                                                   # output size (a deviation; several times cheaper at
+                                                   # 1280x720) (R)
         "group": 1,                                # fold 1..4 (its classes are held out for val/test) (R)
         "support_shots": 5,                        # annotated support images per episode, 1..5 (TTI
                                                    # reports 1-shot) (R)
@@ -108,7 +116,9 @@ DEFAULTS = EasyDict(
                                                    # the authors replace a class already in the batch
                                                    # by a random other class) (R)
         "val_episodes_per_class": 50,              # validation episodes per class (R)
-        "num_workers": 4,                          # DataLoader worker processes
+        "num_workers": "auto",                     # DataLoader worker processes per process: an integer, or
+                                                   # auto (the CPUs this process may use divided among the
+                                                   # local ranks; vipmt.build.resolve_num_workers)
         "check_data": False,                       # before training, decode every frame and mask the train
                                                    # and val splits use and list all bad files (python -m
                                                    # dataset.check)
@@ -179,6 +189,7 @@ RUN_DEFINING_KEYS = {
     "group": "the classes trained on and held out",
     "image_size": "the network's input size (the score head's weights depend on it)",
     "letterbox_per_frame": "the inputs the network is trained on",
+    "fast_augment": "the inputs the network is trained on",
     "support_shots": _EPISODE,
     "skip_empty_supports": "the training data (support frames)",
     "balanced_class_sampler": "the epoch's batches, which a resume continues inside",
@@ -201,6 +212,9 @@ RUN_DEFINING_KEYS = {
 LEGACY_VALUES = {"skip_empty_supports": True, "balanced_class_sampler": True}
 # Keys a resume sets on the restored optimizer (its saved state holds the old values).
 OPTIMIZER_KEYS = ("lr", "weight_decay", "betas")
+
+AUTO = "auto"
+INT_OR_AUTO_KEYS = ("num_workers",)   # an integer >= 0 or "auto"
 
 _TRUE = {"1", "true", "yes", "on", "y", "t"}
 _FALSE = {"0", "false", "no", "off", "n", "f"}
@@ -299,8 +313,11 @@ def _parse_scalar(key: str, text: str, default: Any) -> Any:
 def parse_override(key: str, text: str, default: Any) -> Any:
     """Parse the string ``text`` for ``key`` with the type of ``default``.
 
-    Lists accept ``a,b`` or ``[a, b]`` and must have the default's length.
+    Lists accept ``a,b`` or ``[a, b]`` and must have the default's length; the keys of
+    ``INT_OR_AUTO_KEYS`` take an integer or ``auto``.
     """
+    if key in INT_OR_AUTO_KEYS:
+        return _int_or_auto(key, text.strip())
     if isinstance(default, (list, tuple)):
         body = text.strip()
         if body.startswith(("[", "(")) and body.endswith(("]", ")")):
@@ -316,8 +333,24 @@ def parse_override(key: str, text: str, default: Any) -> Any:
     return _parse_scalar(key, text, default)
 
 
+def _int_or_auto(key: str, value: Any) -> Any:
+    """``auto`` or an integer (also given as text, e.g. from the command line)."""
+    if isinstance(value, str):
+        if value.strip().lower() == AUTO:
+            return AUTO
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    elif isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ConfigError(f"config key {key!r}: expected an integer >= 0 or {AUTO!r}, got {value!r}")
+
+
 def _check_value_type(key: str, value: Any, default: Any) -> Any:
     """Return ``value`` converted to the default's type, or raise ConfigError."""
+    if key in INT_OR_AUTO_KEYS:
+        return _int_or_auto(key, value)
     if isinstance(default, bool):
         if isinstance(value, bool):
             return value
@@ -392,7 +425,9 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     for key in positive:
         if cfg[key] < 1:
             raise ConfigError(f"{key}={cfg[key]}: expected a positive integer")
-    for key in ("num_workers", "checkpoint_every_iters", "memory_pool_size", "predictor_memory_pool_size"):
+    if cfg["num_workers"] != AUTO and cfg["num_workers"] < 0:
+        raise ConfigError(f"num_workers={cfg['num_workers']}: expected an integer >= 0 or {AUTO!r}")
+    for key in ("checkpoint_every_iters", "memory_pool_size", "predictor_memory_pool_size"):
         if cfg[key] < 0:
             raise ConfigError(f"{key}={cfg[key]}: expected >= 0")
     if cfg["support_shots"] > MAX_SUPPORT_SHOTS:

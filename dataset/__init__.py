@@ -27,15 +27,17 @@ def build_dataset(name: str = DEFAULTS.dataset, root: str | None = None, split: 
                   group: int = DEFAULTS.group, image_size: Sequence[int] = tuple(DEFAULTS.image_size),
                   query_frames: int = DEFAULTS.query_frames, support_shots: int = DEFAULTS.support_shots,
                   episodes_per_class: int = DEFAULTS.episodes_per_class, seed: int = DEFAULTS.seed,
-                  augment: bool | None = None, letterbox_per_frame: bool = False,
+                  augment: bool | None = None, letterbox_per_frame: bool = False, fast_augment: bool = False,
                   skip_empty_supports: bool = DEFAULTS.skip_empty_supports, **dataset_specific) -> EpisodeDataset:
     """Build a split of a dataset by name (``youtube_vis`` or ``minivspw``).
 
     ``augment`` defaults to ``split == "train"``; ``root`` defaults to ``data/Youtube-VOS`` or
     ``data/VSPW_480p``. ``letterbox_per_frame=True`` letterboxes every frame with its own size
     instead of its list's first frame's (a deviation from the authors, see
-    :mod:`dataset.transforms`). ``skip_empty_supports=True`` redraws support frames with an empty
-    class mask (a deviation; the authors keep them). Extra keyword arguments go to the dataset class (``annotation_file``,
+    :mod:`dataset.transforms`); ``fast_augment=True`` augments training episodes with
+    :class:`dataset.transforms.FastTrainTransform` (a deviation). ``skip_empty_supports=True`` redraws
+    support frames with an empty class mask (a deviation; the authors keep them). Extra keyword
+    arguments go to the dataset class (``annotation_file``,
     ``frames_dir`` for YouTube-VIS; ``lists_dir``, ``show_progress`` for MiniVSPW;
     ``clip_length`` for both).
     """
@@ -44,7 +46,7 @@ def build_dataset(name: str = DEFAULTS.dataset, root: str | None = None, split: 
     cls = DATASETS[name]
     kwargs = dict(split=split, group=group, image_size=image_size, query_frames=query_frames,
                   support_shots=support_shots, episodes_per_class=episodes_per_class, seed=seed,
-                  augment=augment, letterbox_per_frame=letterbox_per_frame,
+                  augment=augment, letterbox_per_frame=letterbox_per_frame, fast_augment=fast_augment,
                   skip_empty_supports=skip_empty_supports, **dataset_specific)
     if root is not None:
         kwargs["root"] = root

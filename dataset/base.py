@@ -43,7 +43,7 @@ from config import DEFAULTS, check_image_size
 
 from .episodes import CLIP_LENGTH, EpisodeKey, choose_videos, item_rng, select_query_clips
 from .errors import DatasetError
-from .transforms import TestTransform, TrainTransform
+from .transforms import FastTrainTransform, TestTransform, TrainTransform
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +58,10 @@ class EpisodeDataset(Dataset):
 
     Query frames and supports are letterboxed as two lists, each with its first frame's size
     (the authors' rule); ``letterbox_per_frame=True`` uses each frame's own size (a deviation,
-    see :mod:`dataset.transforms`). ``skip_empty_supports=True`` redraws support frames whose
-    class mask is empty (a deviation; the authors keep them).
+    see :mod:`dataset.transforms`). ``fast_augment=True`` (training augmentation only) uses
+    :class:`dataset.transforms.FastTrainTransform`, one warp per frame (a deviation).
+    ``skip_empty_supports=True`` redraws support frames whose class mask is empty (a deviation;
+    the authors keep them).
 
     Items (dicts):
         query_img ``[Tq,3,H,W]`` float32 (ImageNet-normalised), query_mask ``[Tq,1,H,W]`` 0/1,
@@ -74,7 +76,8 @@ class EpisodeDataset(Dataset):
                  image_size: Sequence[int] = tuple(DEFAULTS.image_size), query_frames: int = DEFAULTS.query_frames,
                  support_shots: int = DEFAULTS.support_shots, episodes_per_class: int = DEFAULTS.episodes_per_class,
                  seed: int = DEFAULTS.seed, augment: bool | None = None, clip_length: int = CLIP_LENGTH,
-                 letterbox_per_frame: bool = False, skip_empty_supports: bool = DEFAULTS.skip_empty_supports):
+                 letterbox_per_frame: bool = False, fast_augment: bool = False,
+                 skip_empty_supports: bool = DEFAULTS.skip_empty_supports):
         if split not in SPLITS:
             raise DatasetError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
         if group not in GROUPS:
@@ -99,8 +102,9 @@ class EpisodeDataset(Dataset):
         self.augment = (split == "train") if augment is None else bool(augment)
         self.letterbox_per_frame = bool(letterbox_per_frame)
         self.skip_empty_supports = bool(skip_empty_supports)
-        self.transform = (TrainTransform if self.augment else TestTransform)(
-            self.image_size, letterbox_per_frame=self.letterbox_per_frame)
+        self.fast_augment = bool(fast_augment) and self.augment
+        transform = FastTrainTransform if self.fast_augment else TrainTransform if self.augment else TestTransform
+        self.transform = transform(self.image_size, letterbox_per_frame=self.letterbox_per_frame)
         self.epoch = 0
         self.classes: list[int] = []
         self._test_items: list[tuple[int, str]] = []
@@ -199,13 +203,18 @@ class EpisodeDataset(Dataset):
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} items")
 
-    def __getitem__(self, index: int | EpisodeKey) -> dict:
-        """Item ``index``, or an :class:`EpisodeKey`: a fresh episode of its class (train/val)."""
+    def __getitem__(self, index: int | EpisodeKey | tuple[int, int | EpisodeKey]) -> dict:
+        """Item ``index`` of the current epoch; an :class:`EpisodeKey`: a fresh episode of its class
+        (train/val); an ``(epoch, index or key)`` pair: the same of ``epoch`` (the training loader's
+        persistent workers do not see ``set_epoch``: vipmt.build.EpochTaggedBatches)."""
+        epoch = self.epoch
+        if isinstance(index, tuple) and not isinstance(index, EpisodeKey):
+            epoch, index = index
         self._check_index(index)
         if isinstance(index, EpisodeKey):
-            return self._train_episode(index.index, item_rng(self.seed, self.epoch, index.index, index.class_id),
+            return self._train_episode(index.index, item_rng(self.seed, epoch, index.index, index.class_id),
                                        class_id=index.class_id)
-        rng = item_rng(self.seed, self.epoch, index)
+        rng = item_rng(self.seed, epoch, index)
         if self.split == "test":
             return self._test_episode(index, rng)
         return self._train_episode(index, rng)

@@ -193,12 +193,14 @@ class MiniVSPWDataset(EpisodeDataset):
                  query_frames: int = DEFAULTS.query_frames, support_shots: int = DEFAULTS.support_shots,
                  episodes_per_class: int = DEFAULTS.episodes_per_class, seed: int = DEFAULTS.seed,
                  augment: bool | None = None, clip_length: int = CLIP_LENGTH,
-                 letterbox_per_frame: bool = False, skip_empty_supports: bool = DEFAULTS.skip_empty_supports,
+                 letterbox_per_frame: bool = False, fast_augment: bool = False,
+                 skip_empty_supports: bool = DEFAULTS.skip_empty_supports,
                  lists_dir: str | None = None, show_progress: bool = True):
         super().__init__(split=split, group=group, image_size=image_size, query_frames=query_frames,
                          support_shots=support_shots, episodes_per_class=episodes_per_class,
                          seed=seed, augment=augment, clip_length=clip_length,
-                         letterbox_per_frame=letterbox_per_frame, skip_empty_supports=skip_empty_supports)
+                         letterbox_per_frame=letterbox_per_frame, fast_augment=fast_augment,
+                         skip_empty_supports=skip_empty_supports)
         self.root = str(root)
         self.frames_dir = os.path.join(self.root, FRAMES_RELDIR)
         self.lists_dir = lists_dir or os.path.join(self.root, LISTS_RELDIR)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import sys
@@ -43,6 +44,20 @@ def write_dataset(root: str, num_categories: int = 4, frames: int = 8) -> str:
                                        frame_size=(IMAGE, IMAGE), num_categories=num_categories)
 
 
+TIMING_KEYS = ("data_time", "data_wait_fraction")   # wall-clock measurements: the only values a resume may change
+
+
+def without_timings(records):
+    """History records / metrics.jsonl lines without their wall-clock timing keys."""
+    return [{k: v for k, v in record.items() if k not in TIMING_KEYS} for record in records]
+
+
+def metrics_lines(run_dir):
+    """A run directory's metrics.jsonl, one dict per line."""
+    with open(os.path.join(str(run_dir), "metrics.jsonl"), encoding="utf-8") as f:
+        return [json.loads(line) for line in f.read().splitlines()]
+
+
 def assert_same_run(a, b):
     """Two runs' last.pth hold the same weights, optimizer state, history and config (but the names)."""
     assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"])
@@ -51,7 +66,8 @@ def assert_same_run(a, b):
         assert torch.equal(value, b["state_dict"][name]), name
     for index, state in a["optimizer"]["state"].items():
         assert torch.equal(state["exp_avg_sq"], b["optimizer"]["state"][index]["exp_avg_sq"])
-    assert a["metrics"]["history"] == b["metrics"]["history"]   # same losses and validation IoU
+    # same losses and validation IoU
+    assert without_timings(a["metrics"]["history"]) == without_timings(b["metrics"]["history"])
     assert {k: v for k, v in a["config"].items() if k != "run_name"} == \
         {k: v for k, v in b["config"].items() if k != "run_name"}
 

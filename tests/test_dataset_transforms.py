@@ -224,3 +224,83 @@ def test_datasets_thread_the_letterbox_setting(tmp_path):
         for i in range(len(authors)):
             same = torch.equal(authors[i]["support_img"], per_frame[i]["support_img"])
             assert same == (i not in mixed), i
+
+
+# ---------------------------------------------------------------- issue 17: cheaper default, fast_augment
+def textured_frames(count, height, width, rng):
+    """Noisy frames with a blob mask each (ragged edges)."""
+    frames, masks = [], []
+    for _ in range(count):
+        frames.append(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        yy, xx = np.mgrid[0:height, 0:width]
+        cy, cx = rng.uniform(0.3, 0.7) * height, rng.uniform(0.3, 0.7) * width
+        masks.append((np.hypot((yy - cy) / height, (xx - cx) / width) < rng.uniform(0.15, 0.3)).astype(np.uint8))
+    return frames, masks
+
+
+@pytest.mark.parametrize("size", [(61, 97), (97, 61), (360, 640)])
+def test_imgaug_geometry_equals_imgaugs_own_segmentation_map_path(size):
+    # the authors' call: the deterministic Sequential on image= and segmentation_maps= (imgaug's own path)
+    from imgaug.augmentables.segmaps import SegmentationMapsOnImage
+    from dataset.transforms import ImgaugGeometry
+
+    frames, masks = textured_frames(3, *size, np.random.default_rng(size[0]))
+    for seed in range(4):
+        geometry = ImgaugGeometry(seed * 7919 + 1)
+        for frame, mask in zip(frames, masks):
+            image, out_mask = geometry(frame, mask)
+            expected_image, segmap = geometry.sequence(image=frame, segmentation_maps=SegmentationMapsOnImage(
+                mask[:, :, None], shape=frame.shape))
+            assert np.array_equal(image, expected_image)
+            assert np.array_equal(out_mask, segmap.get_arr()[:, :, 0]), (size, seed)
+
+
+def test_fast_augment_keeps_images_and_masks_aligned_and_follows_the_default():
+    from dataset.transforms import FastTrainTransform
+
+    rng = np.random.default_rng(3)
+    for trial, (height, width) in enumerate([(72, 128), (128, 72), (90, 120)]):
+        frames, masks = white_object_frames(5, height, width, rng)
+        images, out_masks = FastTrainTransform(OUT)(frames, masks, np.random.default_rng(trial))
+        default_masks = TrainTransform(OUT)(frames, masks, np.random.default_rng(trial))[1]
+        assert images.shape == (5, 3, *OUT) and out_masks.shape == (5, 1, *OUT)
+        assert set(out_masks.unique().tolist()) <= {0.0, 1.0}
+        brightness = unnormalise(images).mean(axis=3)
+        for t in range(5):
+            mask = out_masks[t, 0].numpy() > 0.5
+            white = brightness[t] > 127           # (the truncated rim costs small objects up to ~0.15 in
+            assert np.logical_and(white, mask).sum() / np.logical_or(white, mask).sum() > 0.8, (trial, t)  # both)
+            # the same draws (transpose, crop, affine, flip) as the default: the same object, resampled once
+            default = default_masks[t, 0].numpy() > 0.5
+            iou = np.logical_and(default, mask).sum() / np.logical_or(default, mask).sum()
+            assert iou > (0.95 if t == 0 else 0.8), (trial, t, iou)
+
+
+def test_fast_augment_shares_contrast_and_noise_and_keeps_the_padding():
+    from dataset.transforms import FastTrainTransform
+
+    frame = np.full((40, 112, 3), 124, np.uint8)               # letterboxed into rows 12..51 of 64x112
+    mask = np.zeros((40, 112), np.uint8)
+    for seed in range(3):
+        fast = FastTrainTransform(OUT)([frame] * 3, [mask] * 3, np.random.default_rng(seed))[0]
+        default = TrainTransform(OUT)([frame] * 3, [mask] * 3, np.random.default_rng(seed))[0]
+        values = unnormalise(fast)[:, 24:40, 40:72]            # inside the frame, away from affine borders
+        assert np.ptp(values) < 1e-3
+        assert values.mean() == pytest.approx(unnormalise(default)[:, 24:40, 40:72].mean(), abs=1e-3)
+        assert np.allclose(fast[:, :, :12].numpy(), PADDING[None, :, None, None], atol=1e-6)
+        assert np.allclose(fast[:, :, 52:].numpy(), PADDING[None, :, None, None], atol=1e-6)
+
+
+def test_datasets_thread_fast_augment(tmp_path):
+    from dataset.transforms import FastTrainTransform
+
+    root = write_synthetic_youtube_vis(str(tmp_path / "ytvis"), seed=2, videos_per_class=2, frames_per_video=5,
+                                       frame_size=(72, 128), num_categories=8)
+    fast = build_dataset("youtube_vis", root=root, split="train", group=1, image_size=OUT, episodes_per_class=1,
+                         fast_augment=True)
+    plain = build_dataset("youtube_vis", root=root, split="val", group=1, image_size=OUT, episodes_per_class=1,
+                          fast_augment=True)
+    assert isinstance(fast.transform, FastTrainTransform) and fast.fast_augment
+    assert isinstance(plain.transform, TestTransform)          # evaluation is never augmented
+    item = fast[0]
+    assert item["query_img"].shape == (15, 3, *OUT) and item["support_mask"].shape == (5, 1, *OUT)

@@ -13,7 +13,7 @@ from scripts_support import REPO
 from test_model_golden import LOGITS_TOL, SCORE_TOL
 
 SECTIONS = ["golden cases (float32)", "engine speed (fp32, bf16)", "fp16 AMP training steps",
-            "kill + resume (train.py)", "DDP (torchrun)"]
+            "kill + resume (train.py)", "DDP (torchrun)", "train epoch at 1280x720 (loader)"]
 
 
 def run_check(out, *args, timeout=900):
@@ -29,7 +29,7 @@ def test_quick_cpu_check_writes_every_section(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     sections = {s["name"]: s for s in report["sections"]}
     assert list(sections) == SECTIONS
-    assert [s["status"] for s in sections.values()] == ["pass", "pass", "pass", "pass", "skipped"]
+    assert [s["status"] for s in sections.values()] == ["pass", "pass", "pass", "pass", "skipped", "pass"]
     assert report["quick"] and report["environment"]["device"] == "cpu"
 
     case = sections["golden cases (float32)"]["details"]["cases"]["test_golden_case[eval_b1_q5_s5]"]
@@ -44,6 +44,8 @@ def test_quick_cpu_check_writes_every_section(tmp_path):
     assert resume["killed_process_exit"] == -9 and resume["resume_exit"] == 0
     assert resume["checkpoint_step_after_resume"] == resume["checkpoint_step_at_kill"] + 2 >= 3
     assert "needs" not in sections["DDP (torchrun)"]["note"] and "--quick" in sections["DDP (torchrun)"]["note"]
+    epoch = sections["train epoch at 1280x720 (loader)"]["details"]["default"]
+    assert epoch["steps_per_s"] > 0 and epoch["data_time_s"] > 0 and 0 < epoch["data_wait_fraction"] < 1
 
     text = (tmp_path / "report.md").read_text()
     assert "| section | status | seconds | numbers |" in text

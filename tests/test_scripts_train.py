@@ -18,7 +18,8 @@ import torch
 import yaml
 
 from helpers import reference_case
-from scripts_support import REPO, TINY, assert_same_run, load_script, run, tiny, with_overrides, write_dataset
+from scripts_support import (REPO, TIMING_KEYS, TINY, assert_same_run, load_script, metrics_lines, run, tiny,
+                             with_overrides, without_timings, write_dataset)
 
 train = load_script("train")
 
@@ -145,14 +146,28 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(straight, tmp_p
     assert "resumed after epoch" in log and "RANDOM backbone" in log   # --backbone-weights none warns
     assert not [f for f in os.listdir(run_dir) if ".tmp" in f]          # no temporary files left behind
     # metrics.jsonl: one line per epoch after three resumes, as in the uninterrupted run
-    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    lines = metrics_lines(run_dir)
     assert [line["epoch"] for line in lines] == [1, 2]
-    assert (run_dir / "metrics.jsonl").read_text() == (straight_dir / "metrics.jsonl").read_text()
+    assert without_timings(lines) == without_timings(metrics_lines(straight_dir))
     assert set(lines[1]) >= {"train_loss", "train_main", "train_aux", "train_contrast", "train_score",
-                             "val_mean_class_iou", "val_class_iou", "global_step", "lr"}
+                             "val_mean_class_iou", "val_class_iou", "global_step", "lr", *TIMING_KEYS}
+    # the wait for data (detectron2's data_time): mean seconds per step, and its share of the steps' time
+    for line in lines:
+        assert line["data_time"] > 0 and 0 < line["data_wait_fraction"] < 1
     assert lines[1]["global_step"] == 4 and list(lines[1]["val_class_iou"]) == ["1"]   # the held-out class
     assert lines[1]["val_mean_class_iou"] == pytest.approx(lines[1]["val_class_iou"]["1"])
     assert [r["val_mean_class_iou"] for r in b["metrics"]["history"]] == [r["val_mean_class_iou"] for r in lines]
+
+
+def test_data_wait_is_in_train_log_and_warned_about_once(straight):
+    _common, run_dir = straight
+    lines, log = metrics_lines(run_dir), (run_dir / "train.log").read_text()
+    for line in lines:     # each epoch's line: "(N s, data 0.012 s/step (3 % waiting))"
+        assert f"data {line['data_time']:.3f} s/step ({100 * line['data_wait_fraction']:.0f} % waiting)" in log
+    slow = [line["epoch"] for line in lines if line["data_wait_fraction"] > 0.2]
+    assert log.count("the model waited for data") == (1 if slow else 0)
+    if slow:
+        assert f"epoch {slow[0]}: the model waited for data" in log and "num_workers" in log
 
 
 def test_periodic_checkpoints_hold_the_weights_only(straight):
@@ -189,7 +204,7 @@ def test_ctrl_c_saves_last_pth_exits_130_and_resume_continues_exactly(straight, 
            f"step {stopped['global_step']})" in log
     assert run(train, argv + ["--resume"]) == 0
     assert_same_run(_load(straight_dir / "last.pth"), _load(run_dir / "last.pth"))
-    assert (run_dir / "metrics.jsonl").read_text() == (straight_dir / "metrics.jsonl").read_text()
+    assert without_timings(metrics_lines(run_dir)) == without_timings(metrics_lines(straight_dir))
 
 
 def test_second_ctrl_c_exits_at_once_without_saving(straight, tmp_path):

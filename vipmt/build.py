@@ -13,20 +13,21 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from config import dataset_root
+from config import AUTO, dataset_root
 from utils import distributed as du
 from utils.runtime import UserError, seed_everything
 
 __all__ = ["LAST_CHECKPOINT", "BEST_CHECKPOINT", "CONFIG_FILE", "LOG_FILE", "TENSORBOARD_DIR", "METRICS_FILE",
            "SYNTHETIC_COMMANDS", "run_directory", "dataset_missing_message", "require_dataset",
            "build_split", "backbone_weights_path", "build_model", "collate_episodes", "TrainingData",
-           "build_training_data", "TrainingParts", "AMP_DTYPE", "amp_enabled", "amp_autocast", "build_training_parts"]
+           "build_training_data", "TrainingParts", "AMP_DTYPE", "amp_enabled", "amp_autocast", "build_training_parts",
+           "available_cpus", "resolve_num_workers", "EpochTaggedBatches", "build_train_loader"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,8 @@ def build_split(cfg, split: str, *, episodes_per_class: int, seed: int, augment:
                          image_size=tuple(cfg.image_size), query_frames=cfg.query_frames,
                          support_shots=cfg.support_shots, episodes_per_class=episodes_per_class,
                          seed=seed, augment=augment, clip_length=cfg.clip_length,
-                         letterbox_per_frame=cfg.letterbox_per_frame, skip_empty_supports=cfg.skip_empty_supports)
+                         letterbox_per_frame=cfg.letterbox_per_frame, skip_empty_supports=cfg.skip_empty_supports,
+                         fast_augment=cfg.fast_augment)
 
 
 def backbone_weights_path(cfg, *, required: bool, warn: bool = True) -> Optional[str]:
@@ -131,6 +133,58 @@ def worker_ignores_interrupts(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, e.g. a cluster job's share)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def resolve_num_workers(value: Any, local_world_size: Optional[int] = None) -> int:
+    """``num_workers``: an integer as given, or ``auto``: the CPUs this process may use divided among
+    the processes of this machine (torchrun's LOCAL_WORLD_SIZE), at least 1."""
+    if value != AUTO:
+        return int(value)
+    ranks = local_world_size or int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, available_cpus() // max(1, ranks))
+
+
+class EpochTaggedBatches:
+    """A batch sampler's index lists as ``(epoch, index)`` pairs, the epoch being the dataset's now.
+
+    Persistent DataLoader workers keep the copy of the dataset they started with, so its
+    ``set_epoch`` in the main process never reaches them; the epoch travels with each index
+    instead (``EpisodeDataset.__getitem__`` takes the pair), and episodes stay a pure function
+    of (seed, epoch, index) across workers, epochs and resumes.
+    """
+
+    def __init__(self, batch_sampler, dataset):
+        self.batch_sampler, self.dataset = batch_sampler, dataset
+
+    def __iter__(self) -> Iterator[List[Tuple[int, int]]]:
+        epoch = self.dataset.epoch
+        for batch in self.batch_sampler:
+            # a replaced index arrives as a dataset.EpisodeKey (a tuple), kept as is
+            yield [(epoch, index if isinstance(index, tuple) else int(index)) for index in batch]
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+
+def build_train_loader(cfg, dataset, batch_sampler, *, device: torch.device, local_world_size: Optional[int] = None,
+                       worker_init_fn: Optional[Callable[[int], None]] = worker_ignores_interrupts) -> DataLoader:
+    """The training DataLoader, built once per run: ``num_workers`` (``auto`` resolved) persistent
+    workers, pinned memory on CUDA (the step copies with ``non_blocking=True``), batches of
+    :func:`collate_episodes`. Iterate it once per epoch after ``dataset.set_epoch`` and
+    ``batch_sampler.set_epoch``."""
+    workers = resolve_num_workers(cfg.num_workers, local_world_size)
+    return DataLoader(dataset, batch_sampler=EpochTaggedBatches(batch_sampler, dataset), num_workers=workers,
+                      collate_fn=collate_episodes, pin_memory=device.type == "cuda",
+                      persistent_workers=workers > 0, worker_init_fn=worker_init_fn,
+                      # worker seeds only: episodes draw from their own generators (dataset.episodes)
+                      generator=torch.Generator().manual_seed(int(cfg.seed)))
+
+
 @dataclass
 class TrainingData:
     """The train and val splits of a run, the train split's batch sampler, and their loaders."""
@@ -139,20 +193,23 @@ class TrainingData:
     sampler: Any                 # dataset.DifferentClassBatchSampler of this rank
     cfg: Any
     pin_memory: bool = False
+    _train_loader: Optional[DataLoader] = None
 
     def train_loader(self, epoch: int) -> DataLoader:
-        """The loader of one epoch (the sampler positioned by the caller); worker seeds from seed + epoch."""
-        return DataLoader(self.train_set, batch_sampler=self.sampler, num_workers=self.cfg.num_workers,
-                          collate_fn=collate_episodes, pin_memory=self.pin_memory,
-                          generator=torch.Generator().manual_seed(self.cfg.seed + epoch),
-                          worker_init_fn=worker_ignores_interrupts)
+        """The training loader (:func:`build_train_loader`, made on the first call and kept: its
+        workers persist); it serves the epoch the train split and the sampler are set to
+        (``set_epoch``), which ``epoch`` names."""
+        if self._train_loader is None:
+            self._train_loader = build_train_loader(self.cfg, self.train_set, self.sampler,
+                                                    device=torch.device("cuda" if self.pin_memory else "cpu"))
+        return self._train_loader
 
     def val_loader(self, rank: int = 0, world_size: int = 1) -> DataLoader:
         """This rank's share of the val episodes (every ``world_size``-th), in ``val_batch_size`` batches."""
         indices = list(range(rank, len(self.val_set), world_size))
         size = self.cfg.val_batch_size
         batches = [indices[i:i + size] for i in range(0, len(indices), size)]
-        return DataLoader(self.val_set, batch_sampler=batches, num_workers=self.cfg.num_workers,
+        return DataLoader(self.val_set, batch_sampler=batches, num_workers=resolve_num_workers(self.cfg.num_workers),
                           collate_fn=collate_episodes, pin_memory=self.pin_memory,
                           worker_init_fn=worker_ignores_interrupts)
 

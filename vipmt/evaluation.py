@@ -33,7 +33,7 @@ from utils.runtime import UserError, resolve_device, seed_everything
 from utils.visualize import save_video_visualisation
 
 from .build import (BEST_CHECKPOINT, CONFIG_FILE, TrainingData, amp_autocast, backbone_weights_path, build_model,
-                    build_split, require_dataset, run_directory)
+                    build_split, require_dataset, resolve_num_workers, run_directory)
 from .cli import resolve_config
 from .loading import LoadedModel, load_trained_model
 
@@ -181,7 +181,7 @@ def evaluate_split(cfg, segmenter, *, device: torch.device, seed: int, vis_dir: 
     seed_everything(seed)
     generator = torch.Generator().manual_seed(seed)
     evaluator = FewShotEvaluator(vc_window=cfg.vc_window)
-    loader = DataLoader(dataset, batch_size=None, num_workers=cfg.num_workers)
+    loader = DataLoader(dataset, batch_size=None, num_workers=resolve_num_workers(cfg.num_workers))
     names: Dict[str, str] = {}
     videos: List[Dict[str, Any]] = []
     for item in tqdm(loader, total=len(dataset), desc=f"test seed {seed}", dynamic_ncols=True):

@@ -108,19 +108,23 @@ class LoggingHook(HookBase):
 
     def after_step(self, trainer: "Trainer", losses: Dict[str, float]) -> None:
         self.bar.update(1)
-        self.bar.set_postfix({k: f"{v:.3f}" for k, v in trainer.state.running.items()})
+        self.bar.set_postfix({**{k: f"{v:.3f}" for k, v in trainer.state.running.items()},
+                              "data": f"{trainer.data_wait.last:.3f}s"})
         step = trainer.state.global_step
         if self.writer is not None and step % trainer.cfg.log_every == 0:
             for k, v in losses.items():
                 self.writer.add_scalar(f"train/{k}", v, step)
+            self.writer.add_scalar("train/data_time", trainer.data_wait.last, step)
 
     def after_epoch(self, trainer: "Trainer", record: Dict[str, Any]) -> None:
         self._close_bar()
         state, epochs = trainer.state, trainer.cfg.epochs
         skipped = record.get("amp_skipped_steps")
-        logger.info("epoch %d/%d: %s (%.0f s)%s", state.epoch, epochs,
+        waiting = (f", data {record['data_time']:.3f} s/step ({100 * record['data_wait_fraction']:.0f} % waiting)"
+                   if "data_time" in record else "")
+        logger.info("epoch %d/%d: %s (%.0f s%s)%s", state.epoch, epochs,
                     ", ".join(f"{k} {v:.4f}" for k, v in state.running.items()), time.time() - self.started,
-                    f"; {skipped} step(s) skipped by the AMP gradient scaler" if skipped else "")
+                    waiting, f"; {skipped} step(s) skipped by the AMP gradient scaler" if skipped else "")
         if "val_mean_class_iou" in record:
             logger.info("validation after epoch %d: mean class IoU %.4f (best %.4f, epoch %s)", state.epoch,
                         record["val_mean_class_iou"],
@@ -130,6 +134,8 @@ class LoggingHook(HookBase):
                 self.writer.add_scalar("val/mean_class_iou", record["val_mean_class_iou"], state.epoch)
             for k, v in state.running.items():
                 self.writer.add_scalar(f"epoch/{k}", v, state.epoch)
+            if "data_wait_fraction" in record:
+                self.writer.add_scalar("epoch/data_wait_fraction", record["data_wait_fraction"], state.epoch)
             self.writer.flush()
 
     def after_train(self, trainer: "Trainer") -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 
@@ -35,13 +36,14 @@ from utils import distributed as du
 from utils.checkpoint import capture_rng_state, restore_rng_state
 from utils.runtime import RANK_SEED_STRIDE, seed_everything
 
-from .build import (TrainingData, TrainingParts, amp_autocast, backbone_weights_path, build_training_data,
-                    build_training_parts)
+from .build import (TrainingData, TrainingParts, amp_autocast, available_cpus, backbone_weights_path,
+                    build_training_data, build_training_parts)
 from .hooks import Checkpointer, HookBase, default_hooks
 
 __all__ = ["TrainingError", "TrainerState", "StepResult", "Trainer"]
 
 logger = logging.getLogger("train")
+DATA_WAIT_WARNING = 0.2              # warn (once) when the loop waited for data longer than this share of an epoch
 
 
 class TrainingError(RuntimeError):
@@ -177,6 +179,37 @@ class StepResult(Dict[str, float]):
         self.skipped = skipped
 
 
+class DataWait:
+    """This epoch's wait for data (detectron2's ``data_time``): the seconds from asking the loader
+    for a batch to getting it, against the steps' whole seconds (fetch + step + hooks)."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.last = self.waited = self.total = 0.0
+        self.steps = 0
+        self._mark = time.perf_counter()
+
+    def fetched(self) -> None:
+        """A batch arrived."""
+        self.last = time.perf_counter() - self._mark
+        self.waited += self.last
+
+    def stepped(self) -> None:
+        """The step and its hooks are done; the next fetch starts."""
+        now = time.perf_counter()
+        self.total += now - self._mark
+        self.steps += 1
+        self._mark = now
+
+    def summary(self) -> Dict[str, float]:
+        """``data_time`` (mean seconds per step) and ``data_wait_fraction`` of this epoch's steps."""
+        if not self.steps:
+            return {}
+        return {"data_time": self.waited / self.steps, "data_wait_fraction": self.waited / max(self.total, 1e-12)}
+
+
 class Trainer:
     """Steps a model through the epochs of a run and calls its hooks around steps and epochs.
 
@@ -216,6 +249,8 @@ class Trainer:
         self.stop_after: Optional[int] = None
         self.stop_signal: Callable[[], Optional[int]] = lambda: None     # the signal that asked to stop, if any
         self.stop_reason: Optional[str] = None          # 'interrupted' / 'stopped' once the loop is to end
+        self.data_wait = DataWait()
+        self._warned_data_wait = False
 
     # -------------------------------------------------------------- the data
     @property
@@ -308,6 +343,17 @@ class Trainer:
                                  dist_info=self.dist, amp=self.use_amp)
 
     # -------------------------------------------------------------- the loop
+    def _warn_if_waiting(self, record: Mapping[str, Any], workers: int) -> None:
+        """Once per run: the model waited for data more than DATA_WAIT_WARNING of an epoch."""
+        fraction = record.get("data_wait_fraction", 0.0)
+        if self._warned_data_wait or fraction <= DATA_WAIT_WARNING:
+            return
+        self._warned_data_wait = True
+        logger.warning("epoch %d: the model waited for data %.0f %% of the time (%.3f s per step): the loader "
+                       "is the bottleneck; raise num_workers (now %s = %d worker(s) per process, %d CPU(s) "
+                       "available) or augment with fast_augment=true", record["epoch"], 100 * fraction,
+                       record["data_time"], self.cfg.num_workers, workers, available_cpus())
+
     def begin_epoch(self) -> None:
         """Seed (or, resuming inside it, restore) the random streams and position the data."""
         epoch = self.state.epoch
@@ -359,7 +405,9 @@ class Trainer:
                 loader = self.data.train_loader(state.epoch)
                 for hook in self.hooks:
                     hook.before_epoch(self)
+                self.data_wait.reset()
                 for batch in loader:
+                    self.data_wait.fetched()
                     result = self.train_step(batch)
                     state.record_step(result, skipped=result.skipped)
                     if result.skipped:
@@ -370,8 +418,11 @@ class Trainer:
                     if self.stop_reason:
                         self._log_stop()
                         return self.stop_reason
+                    self.data_wait.stepped()
                 record = state.finish_epoch()
-                record.update(global_step=state.global_step, lr=self.optimizer.param_groups[0]["lr"])
+                record.update(global_step=state.global_step, lr=self.optimizer.param_groups[0]["lr"],
+                              **self.data_wait.summary())
+                self._warn_if_waiting(record, loader.num_workers)
                 for hook in self.hooks:
                     hook.after_epoch(self, record)
                 self.stop_reason = self._stop_reason(epoch_end=True)      # (last.pth was just saved)
