@@ -266,6 +266,15 @@ def _synthetic_dataset(sizes: Sizes, root: Path) -> Path:
     return root
 
 
+def _concluded(section: Section, ok: bool, proc: subprocess.CompletedProcess, summary: str) -> Section:
+    """``section`` passed or failed, with ``proc``'s stderr tail when it failed, and its summary."""
+    section.status = PASS if ok else FAIL
+    if proc.returncode != 0:
+        section.note = _tail(proc.stderr)
+    section.summary = summary
+    return section
+
+
 def check_kill_resume(device: torch.device, sizes: Sizes, out: Path) -> Section:
     """SIGKILL train.py after its first checkpoint; --resume must continue from it."""
     section = Section("kill + resume (train.py)")
@@ -300,11 +309,7 @@ def check_kill_resume(device: torch.device, sizes: Sizes, out: Path) -> Section:
                        "checkpoint_step_after_resume": final, "expected_step": target,
                        "log_says_resumed": "resumed after epoch" in log}
     ok = resumed.returncode == 0 and final == target and "resumed after epoch" in log
-    section.status = PASS if ok else FAIL
-    if resumed.returncode != 0:
-        section.note = _tail(resumed.stderr)
-    section.summary = f"killed at step {killed_at}, resumed to step {final} (expected {target})"
-    return section
+    return _concluded(section, ok, resumed, f"killed at step {killed_at}, resumed to step {final} (expected {target})")
 
 
 def check_ddp(device: torch.device, sizes: Sizes, out: Path, quick: bool) -> Section:
@@ -330,11 +335,8 @@ def check_ddp(device: torch.device, sizes: Sizes, out: Path, quick: bool) -> Sec
     section.details = {"processes": processes, "backend": backend, "exit": proc.returncode,
                        "checkpoint_world_size": state.get("world_size"), "checkpoint_step": state.get("global_step")}
     ok = proc.returncode == 0 and state.get("world_size") == processes and state.get("global_step") == 2
-    section.status = PASS if ok else FAIL
-    if proc.returncode != 0:
-        section.note = _tail(proc.stderr)
-    section.summary = f"{processes} processes ({backend}), exit {proc.returncode}, step {state.get('global_step')}"
-    return section
+    return _concluded(section, ok, proc,
+                      f"{processes} processes ({backend}), exit {proc.returncode}, step {state.get('global_step')}")
 
 
 def check_train_epoch(device: torch.device, sizes: Sizes, out: Path, quick: bool) -> Section:
