@@ -10,6 +10,9 @@ others):
    the measured differences (`--quick`: one eval case);
 2. engine: `VideoSegmenter` frames/s in float32 and bfloat16 autocast on a synthetic 30-frame
    video (5 supports, memory on every clip), and how far the bf16 predictions are from float32's;
+   videos per pass: 32 such videos with K = 1, 4, 16 videos per forward pass (`test_video_batch`,
+   `benchmarks/video_batch_speed.py`) in float32 and bf16: frames/s, and the pixels that differ
+   from K = 1 (float32) and from float32 (bf16);
 3. amp training: 20 training steps (three 5-frame clips, batch 4, 240x424, random backbone) with
    float16 autocast and a gradient scaler as train.py runs them: step time, peak memory, finite
    losses, steps the scaler skipped;
@@ -50,6 +53,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.engine_speed import make_paths, synchronize, synthetic_video  # noqa: E402
 from benchmarks.loader_speed import write_datasets as write_loader_datasets  # noqa: E402
 from benchmarks.train_step_speed import synthetic_batch, train_step_trainer  # noqa: E402
+from benchmarks.video_batch_speed import make_videos, measure  # noqa: E402
 from synthetic import write_synthetic_youtube_vis  # noqa: E402
 from models import VIPMT  # noqa: E402
 from utils.fileio import atomic_write_json, atomic_write_text  # noqa: E402
@@ -59,6 +63,10 @@ DEFAULT_OUT = "outputs/gpu_check"
 PASS, FAIL, SKIPPED = "pass", "fail", "skipped"
 # A sanity bound, not a contract: bf16 autocast moved 0.003 % of the pixels on CPU (README).
 BF16_MAX_PIXELS_DIFFERING = 0.01
+# Sanity bound for K videos per pass against one at a time in float32: the arithmetic is the same
+# per video, only kernel choices for the larger batch round differently (CPU: no pixel moved).
+BATCH_MAX_PIXELS_DIFFERING = 1e-4
+BF16_TARGET_FRAMES_PER_S = 1000      # issue 18's target on one H200 at 240x424
 # GradScaler starts at 2**16 and halves on every overflow; a handful of early skips is normal.
 MAX_SKIPPED_STEPS = 10
 SUBPROCESS_TIMEOUT = 420     # seconds, each pytest / train.py / torchrun call
@@ -76,6 +84,9 @@ class Sizes:
     dataset_frames: int
     dataset_classes: int          # fold 1 trains on the classes not == 1 (mod 4)
     train_overrides: tuple
+    batch_videos: int = 32        # videos-per-pass section: videos x frames at engine_size, K values
+    batch_frames: int = 30
+    batch_sizes: tuple = (1, 4, 16)
 
 
 FULL = Sizes(golden_cases=None, engine_frames=30, engine_size=(240, 424), amp_steps=20, amp_batch=4,
@@ -85,7 +96,8 @@ FULL = Sizes(golden_cases=None, engine_frames=30, engine_size=(240, 424), amp_st
 QUICK = Sizes(golden_cases="eval_b1_q5_s5", engine_frames=4, engine_size=(64, 112), amp_steps=2, amp_batch=2,
               amp_size=(64, 64), train_size=(64, 64), dataset_frames=8, dataset_classes=4,
               train_overrides=("query_frames=3", "clip_length=1", "memory_size=1", "episodes_per_class=1",
-                               "val_episodes_per_class=1", "batch_size=1", "val_batch_size=1", "num_workers=0"))
+                               "val_episodes_per_class=1", "batch_size=1", "val_batch_size=1", "num_workers=0"),
+              batch_videos=2, batch_frames=3, batch_sizes=(1, 2))
 
 
 @dataclass
@@ -211,6 +223,27 @@ def check_engine(device: torch.device, sizes: Sizes, out: Path) -> Section:
     d = section.details
     section.summary = (f"fp32 {d['fp32_frames_per_s']} frames/s, bf16 {d['bf16_frames_per_s']} frames/s, "
                        f"{differing:.4%} pixels differ")
+    return section
+
+
+def check_video_batch(device: torch.device, sizes: Sizes, out: Path) -> Section:
+    """test.py's engine with K videos per forward pass (test_video_batch): frames/s for each K in
+    float32 and bf16, and how far K > 1 is from K = 1 (float32) and bf16 from float32."""
+    section = Section("videos per pass (K)")
+    torch.manual_seed(0)
+    model = VIPMT(backbone_weights=None, image_size=sizes.engine_size).to(device).eval()
+    videos = make_videos(sizes.batch_videos, sizes.batch_frames, sizes.engine_size, device)
+    rows = measure(model, videos, sizes.batch_sizes, ("fp32", "bf16"), device)
+    worst = max(row["vs_K1"]["pixels_differing"] for row in rows.values() if row["precision"] == "fp32" and "vs_K1" in row)
+    best_bf16 = max(row["frames_per_s"] for row in rows.values() if row["precision"] == "bf16")
+    section.details = {"videos": sizes.batch_videos, "frames_per_video": sizes.batch_frames,
+                       "image_size": list(sizes.engine_size), "rows": rows,
+                       "fp32_worst_pixels_differing_vs_K1": worst, "bf16_best_frames_per_s": best_bf16,
+                       "bf16_target_frames_per_s": BF16_TARGET_FRAMES_PER_S,
+                       "tf32_convolutions": torch.backends.cudnn.allow_tf32 if device.type == "cuda" else None}
+    section.status = PASS if worst <= BATCH_MAX_PIXELS_DIFFERING else FAIL
+    section.summary = ", ".join(f"{name} {row['frames_per_s']}" for name, row in rows.items()) + \
+        f" frames/s; fp32 K>1 vs K=1: {worst:.4%} pixels differ"
     return section
 
 
@@ -421,6 +454,7 @@ def main(argv) -> int:
     env = environment(device)
     sections = [run_section("golden cases (float32)", check_golden, device, sizes, out),
                 run_section("engine speed (fp32, bf16)", check_engine, device, sizes, out),
+                run_section("videos per pass (K)", check_video_batch, device, sizes, out),
                 run_section("fp16 AMP training steps", check_amp_training, device, sizes, out),
                 run_section("kill + resume (train.py)", check_kill_resume, device, sizes, out),
                 run_section("DDP (torchrun)", check_ddp, device, sizes, out, args.quick),

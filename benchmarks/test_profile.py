@@ -107,7 +107,8 @@ def instrumented(clock: StageClock):
                                 clock.wrap("build model (random init)", evaluation.model_under_test)))
         patch(mock.patch.object(evaluation, "make_segmenter", lambda *a, **k: instrument_segmenter(
             clock, clock.wrap("make_segmenter (compile check)", evaluation_make_segmenter)(*a, **k))))
-        patch(mock.patch.object(metrics, "add_video", clock.wrap("metrics (J, F, IoU, VC)", metrics.add_video)))
+        for method in ("video_metrics", "add_metrics"):
+            patch(mock.patch.object(metrics, method, clock.wrap("metrics (J, F, IoU, VC)", getattr(metrics, method))))
         patch(mock.patch.object(metrics, "summary", clock.wrap("metrics (J, F, IoU, VC)", metrics.summary)))
         patch(mock.patch.object(evaluation, "atomic_write_json",
                                 clock.wrap("result I/O (JSON, log)", evaluation.atomic_write_json)))

@@ -160,6 +160,9 @@ DEFAULTS = EasyDict(
         "test_runs": 1,                            # repeat the test with seeds seed..seed+N-1
         "test_bf16": False,                        # bfloat16 autocast in test.py (CUDA, or CPUs with
                                                    # AVX512-BF16)
+        "test_video_batch": 1,                     # test.py segments this many videos side by side, their
+                                                   # clips stacked in one forward pass (fills a GPU; the
+                                                   # same masks as one at a time)
         "test_compile": False,                     # torch.compile (inductor) the backbone and the heads in
                                                    # test.py (opt-in); the first clips of each shape
                                                    # compile (minutes on CPU), the time is logged
@@ -421,7 +424,7 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(f"device={device!r}: expected auto, cpu, cuda or cuda:N")
     positive = ("support_shots", "query_frames", "clip_length", "episodes_per_class",
                 "val_episodes_per_class", "epochs", "batch_size", "val_batch_size", "memory_size",
-                "vc_window", "test_runs", "save_every", "validate_every", "log_every", "amp_max_consecutive_skips")
+                "vc_window", "test_runs", "test_video_batch", "save_every", "validate_every", "log_every", "amp_max_consecutive_skips")
     for key in positive:
         if cfg[key] < 1:
             raise ConfigError(f"{key}={cfg[key]}: expected a positive integer")

@@ -13,7 +13,9 @@ re-encoding everything every clip, is kept as a reference in benchmarks/recomput
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 from einops import rearrange
@@ -92,6 +94,63 @@ def check_video(frames: torch.Tensor, support_img: torch.Tensor, support_mask: t
         raise ModelError("the query video has no frames")
 
 
+def check_clip(clip_frames: torch.Tensor, clip_length: int) -> None:
+    """One clear ModelError for a clip that is not [t,3,H,W] with 1 <= t <= clip_length."""
+    if clip_frames.dim() != 4 or not 1 <= len(clip_frames) <= clip_length:
+        raise ModelError(f"a clip must be [t,3,H,W] with 1 <= t <= {clip_length}, got {list(clip_frames.shape)}")
+
+
+@dataclass
+class QueryVideo:
+    """One video for `VideoSegmenter.segment_many`: frames [T,3,H,W], support_img [S,3,H,W] (normalised),
+    support_mask [S,1,H,W] 0/1, the generator of its memory draws and a tag handed back with its result."""
+    frames: torch.Tensor
+    support_img: torch.Tensor
+    support_mask: torch.Tensor
+    generator: torch.Generator | None = None
+    tag: Any = None
+
+
+def support_layout(support: SupportEncoding) -> tuple:
+    """What must agree for encodings to stack in the batch dimension: frames per field and the
+    non-tensor fields (e.g. how many frames are annotated supports)."""
+    return tuple((f.name, value.shape[1]) if isinstance(value, torch.Tensor) else (f.name, value)
+                 for f in fields(SupportEncoding) for value in [getattr(support, f.name)])
+
+
+def stack_supports(parts: list[SupportEncoding]) -> SupportEncoding:
+    """Encodings of the same layout (`support_layout`), each of batch 1, stacked: [1,Ts,...] x B -> [B,Ts,...]."""
+    first = parts[0]
+    return SupportEncoding(**{f.name: torch.cat([getattr(p, f.name) for p in parts])
+                              if isinstance(getattr(first, f.name), torch.Tensor) else getattr(first, f.name)
+                              for f in fields(SupportEncoding)})
+
+
+class _RunningVideo:
+    """A video inside `segment_many`: its session and the clips segmented so far."""
+
+    def __init__(self, video: QueryVideo, session: "VideoSession"):
+        self.video, self.session = video, session
+        self.preds: list[torch.Tensor] = []
+        self.scores: list[torch.Tensor] = []
+        self.position = 0
+
+    def next_clip(self, clip_length: int) -> torch.Tensor:
+        return self.video.frames[self.position:self.position + clip_length]
+
+    def add(self, result: ClipResult) -> None:
+        self.preds.append(result.pred)
+        self.scores.append(result.score)
+        self.position += len(result.pred)
+
+    @property
+    def done(self) -> bool:
+        return self.position >= len(self.video.frames)
+
+    def prediction(self) -> VideoPrediction:
+        return VideoPrediction(pred=torch.cat(self.preds), score=torch.cat(self.scores))
+
+
 class VideoSegmenter:
     """Segments videos with a trained VIPMT, reusing every frame's backbone features.
 
@@ -164,6 +223,71 @@ class VideoSegmenter:
                 progress(min(start + self.clip_length, len(frames)))
         return VideoPrediction(pred=torch.cat(preds), score=torch.cat(scores))
 
+    @torch.inference_mode()
+    def step_many(self, sessions: "list[VideoSession]", clips: "list[torch.Tensor]") -> list[ClipResult]:
+        """The next clip of several videos at once: clips[i] [t_i,3,H,W] is the next clip of sessions[i].
+
+        Clips that agree in length and in their supports' layout (number of support + memory frames)
+        run as one forward pass, stacked in the batch dimension; each keeps its own supports, memory
+        draw (its session's generator) and reliable frames. Why the results are those of
+        `VideoSession.step` one video at a time: every step of `VIPMT.predict_clip` acts on each
+        sample on its own (convolutions, projections, attention, norms and the prior and PFE mask
+        are per sample; the cross-video maps, which mix samples, only feed the training loss), the
+        memory draws come from each video's own generator in the same order, and nothing is padded.
+        What can differ is floating-point rounding: a CPU (oneDNN) or GPU convolution or matrix
+        product may pick another blocking for a larger batch and round a frame's features
+        differently in the last bits (measured on CPU: 1x1 convolutions at >= 20 frames, logits
+        within 4e-6, scores within 6e-8; README, "Several videos per pass").
+        """
+        if len(sessions) != len(clips):
+            raise ModelError(f"step_many: {len(sessions)} sessions but {len(clips)} clips")
+        for clip_frames in clips:
+            check_clip(clip_frames, self.clip_length)
+        results: list[ClipResult | None] = [None] * len(sessions)
+        with self._autocast():
+            supports = [session._clip_support() for session in sessions]
+            groups: dict = {}
+            for index, (clip_frames, support) in enumerate(zip(clips, supports)):
+                groups.setdefault((len(clip_frames), support_layout(support)), []).append(index)
+            for members in groups.values():
+                features = self.model.extract_features(torch.stack([clips[i] for i in members]).to(self.device))
+                clip = self.model.predict_clip(features, stack_supports([supports[i] for i in members]))
+                for row, index in enumerate(members):
+                    part = slice(row, row + 1)
+                    results[index] = sessions[index]._finish_clip(
+                        {k: v[part] for k, v in features.items()}, clip.pred[part], clip.score[part],
+                        clip.query_tokens[part])
+        return results
+
+    def segment_many(self, videos: Iterable["QueryVideo"], video_batch: int) -> Iterator[tuple[Any, VideoPrediction]]:
+        """Segment videos `video_batch` at a time, side by side (`step_many`); yields (video.tag,
+        VideoPrediction) as each video finishes, which need not be in the order given.
+
+        A finished video's place is taken by the next one at once, so videos of different
+        lengths keep the batch full. Each video's result equals `segment` on it alone with its own
+        generator (see `step_many` for the floating-point caveat). Videos are read from `videos`
+        only when a place is free, so a DataLoader can stream them.
+        """
+        if video_batch < 1:
+            raise ModelError(f"video_batch must be >= 1, got {video_batch}")
+        pending = iter(videos)
+        running: list[_RunningVideo] = []
+        while True:
+            while len(running) < video_batch:
+                video = next(pending, None)
+                if video is None:
+                    break
+                check_video(video.frames, video.support_img, video.support_mask)
+                running.append(_RunningVideo(video, self.start(video.support_img, video.support_mask, video.generator)))
+            if not running:
+                return
+            clips = [r.next_clip(self.clip_length) for r in running]
+            for r, result in zip(running, self.step_many([r.session for r in running], clips)):
+                r.add(result)
+            for r in [r for r in running if r.done]:
+                running.remove(r)
+                yield r.video.tag, r.prediction()
+
 
 class VideoSession:
     """One video being segmented clip by clip (from `VideoSegmenter.start`).
@@ -186,24 +310,36 @@ class VideoSession:
     def step(self, clip_frames: torch.Tensor, probabilities: bool = False) -> ClipResult:
         """The next clip of the video: clip_frames [t,3,H,W] normalised, 1 <= t <= clip_length.
         probabilities: also return each pixel's foreground probability (ClipResult.probability)."""
-        segmenter, model = self.segmenter, self.segmenter.model
-        if clip_frames.dim() != 4 or not 1 <= len(clip_frames) <= segmenter.clip_length:
-            raise ModelError(f"a clip must be [t,3,H,W] with 1 <= t <= {segmenter.clip_length}, "
-                             f"got {list(clip_frames.shape)}")
+        segmenter = self.segmenter
+        check_clip(clip_frames, segmenter.clip_length)
         with segmenter._autocast():
-            self._encode_reliable()
+            support = self._clip_support()
             features = segmenter._features(clip_frames)
-            memory = draw_memory(self.memory_pool, segmenter.memory_size, self.generator) if segmenter.use_memory else []
-            support = SupportEncoding.cat([self.supports, *(m.unpack() for m in memory)]) if memory else self.supports
-            clip = model.predict_clip(features, support)
-            if segmenter.use_memory:
-                keep = (clip.score[0] >= segmenter.memory_threshold).nonzero().flatten().tolist()
-                if keep:
-                    self._reliable = ({k: v[:, keep] for k, v in features.items()}, clip.pred[:, keep, None],
-                                      clip.query_tokens[:, keep])
+            clip = segmenter.model.predict_clip(features, support)
+            result = self._finish_clip(features, clip.pred, clip.score, clip.query_tokens)
         # outside autocast: float32 softmax of the very logits `pred` is the argmax of
-        probability = clip.full_logits[0].float().softmax(dim=1)[:, 1].cpu() if probabilities else None
-        return ClipResult(pred=clip.pred[0].cpu(), score=clip.score[0].float().cpu(), probability=probability)
+        if probabilities:
+            result.probability = clip.full_logits[0].float().softmax(dim=1)[:, 1].cpu()
+        return result
+
+    def _clip_support(self) -> SupportEncoding:
+        """The supports plus this clip's memory draw (after encoding the previous clip's reliable frames)."""
+        segmenter = self.segmenter
+        self._encode_reliable()
+        memory = draw_memory(self.memory_pool, segmenter.memory_size, self.generator) if segmenter.use_memory else []
+        return SupportEncoding.cat([self.supports, *(m.unpack() for m in memory)]) if memory else self.supports
+
+    def _finish_clip(self, features: dict, pred: torch.Tensor, score: torch.Tensor,
+                     query_tokens: torch.Tensor) -> ClipResult:
+        """Keep the clip's reliable frames for the next clip. features {'k': [1,t,...]}, pred
+        [1,t,H,W], score [1,t], query_tokens [1,t,hw,c] -> ClipResult."""
+        segmenter = self.segmenter
+        if segmenter.use_memory:
+            keep = (score[0] >= segmenter.memory_threshold).nonzero().flatten().tolist()
+            if keep:
+                self._reliable = ({k: v[:, keep] for k, v in features.items()}, pred[:, keep, None],
+                                  query_tokens[:, keep])
+        return ClipResult(pred=pred[0].cpu(), score=score[0].float().cpu())
 
     def _encode_reliable(self) -> None:
         """Encode the previous clip's reliable frames into the pool: a later clip exists now."""

@@ -100,3 +100,27 @@ def test_session_steps_clip_by_clip(model):
         session.step(frames[:6])
     with pytest.raises(ModelError, match="clip must be"):
         session.step(frames[0])
+
+
+@pytest.mark.parametrize("options", [
+    dict(memory_threshold=0.0, memory_size=1),       # memory on: every frame reliable, one drawn of several
+    dict(use_memory=False),                          # memory off
+    dict(memory_threshold=1.1),                      # memory on but empty: no frame is reliable
+], ids=["memory", "no_memory", "empty_memory"])
+def test_several_videos_per_pass_equal_one_at_a_time(model, options):
+    """segment_many stacks the clips of 2 videos per pass, refilling as the 3 videos of different
+    lengths finish (clips of 2 and 1 frames, 0 or 1 memory frames: several groups per pass), each
+    with its own supports and generator: the same masks and, within 1e-5, scores as `segment`."""
+    from models import QueryVideo
+
+    segmenter = VideoSegmenter(model, clip_length=2, **options)
+    lengths = (5, 1, 3)
+    videos = [video(40 + k, frames, shots=2) for k, frames in enumerate(lengths)]
+    alone = [segmenter.segment(*v, generator=torch.Generator().manual_seed(k)) for k, v in enumerate(videos)]
+    batched = list(segmenter.segment_many((QueryVideo(*v, generator=torch.Generator().manual_seed(k), tag=k)
+                                           for k, v in enumerate(videos)), video_batch=2))
+    assert [tag for tag, _ in batched] == [1, 0, 2]         # the 1-frame video finishes first, video 2 takes its place
+    for k, result in batched:
+        assert result.pred.shape == (lengths[k], *SIZE)
+        assert torch.equal(result.pred, alone[k].pred), k
+        torch.testing.assert_close(result.score, alone[k].score, rtol=0, atol=1e-5)

@@ -12,7 +12,7 @@ import pytest
 from scripts_support import REPO
 from test_model_golden import LOGITS_TOL, SCORE_TOL
 
-SECTIONS = ["golden cases (float32)", "engine speed (fp32, bf16)", "fp16 AMP training steps",
+SECTIONS = ["golden cases (float32)", "engine speed (fp32, bf16)", "videos per pass (K)", "fp16 AMP training steps",
             "kill + resume (train.py)", "DDP (torchrun)", "train epoch at 1280x720 (loader)"]
 
 
@@ -29,7 +29,7 @@ def test_quick_cpu_check_writes_every_section(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     sections = {s["name"]: s for s in report["sections"]}
     assert list(sections) == SECTIONS
-    assert [s["status"] for s in sections.values()] == ["pass", "pass", "pass", "pass", "skipped", "pass"]
+    assert [s["status"] for s in sections.values()] == ["pass", "pass", "pass", "pass", "pass", "skipped", "pass"]
     assert report["quick"] and report["environment"]["device"] == "cpu"
 
     case = sections["golden cases (float32)"]["details"]["cases"]["test_golden_case[eval_b1_q5_s5]"]
@@ -38,6 +38,10 @@ def test_quick_cpu_check_writes_every_section(tmp_path):
     engine = sections["engine speed (fp32, bf16)"]["details"]
     assert engine["fp32_frames_per_s"] > 0 and engine["bf16_frames_per_s"] > 0
     assert 0 <= engine["bf16_pixels_differing"] <= 0.01
+    batched = sections["videos per pass (K)"]["details"]
+    assert set(batched["rows"]) == {"fp32 K=1", "fp32 K=2", "bf16 K=1", "bf16 K=2"}
+    assert all(row["frames"] == 6 and row["frames_per_s"] > 0 for row in batched["rows"].values())
+    assert batched["rows"]["fp32 K=2"]["vs_K1"]["pixels_differing"] == 0.0      # same masks, one video or two
     training = sections["fp16 AMP training steps"]["details"]
     assert training["losses_finite"] and len(training["losses"]) == training["steps"] == 2
     resume = sections["kill + resume (train.py)"]["details"]

@@ -1,5 +1,7 @@
-"""train.py under torchrun with 2 CPU processes (gloo): two local "nodes" over the c10d rendezvous, and an
-elastic restart (--max-restarts 1) after SIGKILL of a worker that --auto-resume continues exactly."""
+"""train.py and test.py under torchrun with 2 CPU processes (gloo): two local "nodes" over the c10d rendezvous, and an
+elastic restart (--max-restarts 1) after SIGKILL of a worker that --auto-resume continues exactly;
+test.py's videos shared out between 2 processes."""
+import json
 import math
 import os
 import signal
@@ -11,7 +13,7 @@ import time
 import pytest
 import torch
 
-from scripts_support import REPO, assert_same_run, tiny, write_dataset
+from scripts_support import REPO, assert_same_run, load_script, run, tiny, write_dataset
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
@@ -106,3 +108,32 @@ def test_elastic_restart_after_sigkill_ends_with_the_uninterrupted_weights(two_n
     assert "--auto-resume: no last.pth in the run directory, starting a new run" in log      # the first start
     assert "--auto-resume: continuing from" in log and "resumed after epoch 0 + 1 iterations" in log
     assert_same_run(_load(reference / "last.pth"), _load(run_dir / "last.pth"))
+
+
+
+
+def test_test_py_under_torchrun_equals_one_process(tmp_path):
+    """test.py with 2 CPU processes (gloo) and 2 videos per pass gives every per-video entry and the
+    aggregate of a plain one-process run, one video at a time; both ranks segment videos. Clips of
+    2 frames with every frame reliable and 1 memory frame drawn from several: the memory draws of
+    each video are its own, whichever process and batch segment it."""
+    data = write_dataset(str(tmp_path / "ytvis"), frames=5)
+    options = ["--data-root", data, "--checkpoint", "none", "--backbone-weights", "none", "--device", "cpu",
+               "--output-dir", tmp_path / "runs"]
+    settings = ["image_size=64,64", "num_workers=0", "support_shots=2", "clip_length=2", "query_frames=4",
+                "memory_threshold=0", "memory_size=1"]
+    assert run(load_script("test"), options + ["--output", tmp_path / "one.json"] + settings) == 0
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           os.path.join(REPO, "test.py")] + [str(a) for a in options] + ["--output", str(tmp_path / "two.json")] \
+        + settings + ["test_video_batch=2"]
+    proc = subprocess.run(cmd, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = (json.loads((tmp_path / name).read_text()) for name in ("one.json", "two.json"))
+    assert one["aggregate"].pop("world_size") == 1 and two["aggregate"].pop("world_size") == 2
+    assert two["aggregate"] == one["aggregate"] and two["runs"][0]["mean"] == one["runs"][0]["mean"]
+    videos_one, videos_two = one["runs"][0]["videos"], two["runs"][0]["videos"]
+    assert len(videos_one) >= 3 and {v["rank"] for v in videos_one} == {0}
+    assert {v["rank"] for v in videos_two} == {0, 1}
+    assert [dict(v, rank=0) for v in videos_two] == videos_one
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.json"))   # one JSON, at --output

@@ -161,3 +161,22 @@ def test_a_second_test_into_the_same_results_file_is_refused(setup, tmp_path, ca
     err = capsys.readouterr().err
     assert f"error: results file {str(out)!r} is in use by another process: pid {holder.pid}" in err
     assert not out.exists() and not (tmp_path / "shared.log").exists()     # the log is not mixed either
+
+
+def test_torchrun_with_fewer_gpus_than_processes_is_one_clear_error(tmp_path, capsys, monkeypatch):
+    """2 processes per machine with --device cuda and one GPU: exit 2 and what to do, before the
+    process group starts (no process waits for the others)."""
+    import torch.distributed as dist
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert run(test_script, ["--data-root", tmp_path, "--checkpoint", "none", "--device", "cuda",
+                             "--output", tmp_path / "r.json"]) == 2
+    err = capsys.readouterr().err
+    assert "error: torchrun started 2 processes" in err and "only 1 GPU" in err
+    assert "--nproc_per_node 1" in err and "--device cpu" in err and "Traceback" not in err
+    assert not dist.is_initialized() and not (tmp_path / "r.json").exists()

@@ -16,11 +16,14 @@ import torch
 import torch.distributed as dist
 from torch.distributed.constants import default_pg_timeout
 
+from utils.runtime import UserError
+
 __all__ = [
     "DistInfo",
     "env_world_size",
     "env_rank",
     "init_distributed",
+    "check_gpus_per_process",
     "is_distributed",
     "get_rank",
     "get_world_size",
@@ -75,6 +78,7 @@ def init_distributed(device_type: str = "cpu") -> DistInfo:
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     backend = "nccl" if device_type == "cuda" else "gloo"
     if device_type == "cuda":
+        check_gpus_per_process(int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         restart = _single_node_restart()
@@ -100,6 +104,17 @@ def _single_node_restart() -> int:
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or os.environ.get("GROUP_WORLD_SIZE") != "1":
         return 0
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+
+
+def check_gpus_per_process(local_processes: int) -> None:
+    """UserError unless this machine has a GPU for each of its ``local_processes`` processes
+    (checked before the process group starts, identically in every process, so none waits for the
+    others in vain)."""
+    visible = torch.cuda.device_count()
+    if local_processes > visible:
+        raise UserError(f"torchrun started {local_processes} processes on this machine but only {visible} GPU(s) "
+                        f"are visible, and each process needs its own GPU: use --nproc_per_node {visible}, "
+                        f"or --device cpu to run the processes on the CPU (gloo)")
 
 
 def is_distributed() -> bool:

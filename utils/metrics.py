@@ -37,6 +37,7 @@ __all__ = [
     "confusion_counts",
     "video_consistency",
     "ClassStats",
+    "VideoMetrics",
     "FewShotEvaluator",
 ]
 
@@ -200,6 +201,18 @@ class ClassStats:
         return 1.0 if denom == 0 else self.tp / denom
 
 
+@dataclass
+class VideoMetrics:
+    """One video's values before aggregation (small and picklable: gathered across processes)."""
+
+    j: np.ndarray                   # J per frame, float64 [T]
+    tp: int
+    fp: int
+    fn: int
+    f: Optional[np.ndarray] = None  # F per frame [T] (None when boundaries are not computed)
+    vc: Optional[float] = None      # VC_n (None when the video is shorter than n, or not computed)
+
+
 def _mean_or_none(values: List[float]) -> Optional[float]:
     return float(np.mean(values)) if len(values) else None
 
@@ -240,27 +253,37 @@ class FewShotEvaluator:
 
     def add_video(self, class_id: Any, pred: Any, gt: Any) -> Dict[str, Any]:
         """Add one query video of ``class_id``; returns its own metrics (J, F, IoU, VC)."""
+        return self.add_metrics(class_id, self.video_metrics(pred, gt))
+
+    def video_metrics(self, pred: Any, gt: Any) -> "VideoMetrics":
+        """The per-frame values of one video ``[T,H,W]`` that :meth:`add_metrics` accumulates."""
         p, g = _pair(pred, gt)
-        stats = self._stats(class_id)
-        j = jaccard(p, g)
-        stats.j_values.extend(j.tolist())
         tp, fp, fn = confusion_counts(p, g)
-        stats.tp += tp
-        stats.fp += fp
-        stats.fn += fn
+        return VideoMetrics(
+            j=jaccard(p, g), tp=tp, fp=fp, fn=fn,
+            f=boundary_f(p, g, self.bound_th) if self.boundary else None,
+            vc=video_consistency(p, g, self.vc_window) if self.consistency else None)
+
+    def add_metrics(self, class_id: Any, metrics: "VideoMetrics") -> Dict[str, Any]:
+        """Add one video's :class:`VideoMetrics` (e.g. computed in another process); returns its own
+        metrics. Adding the same videos in the same order gives the same numbers as :meth:`add_video`."""
+        stats = self._stats(class_id)
+        j = metrics.j
+        stats.j_values.extend(j.tolist())
+        stats.tp += metrics.tp
+        stats.fp += metrics.fp
+        stats.fn += metrics.fn
         stats.videos += 1
-        result: Dict[str, Any] = {"J": float(j.mean()), "frames": len(p)}
-        denom = tp + fp + fn
-        result["class_iou"] = 1.0 if denom == 0 else tp / denom
+        result: Dict[str, Any] = {"J": float(j.mean()), "frames": len(j)}
+        denom = metrics.tp + metrics.fp + metrics.fn
+        result["class_iou"] = 1.0 if denom == 0 else metrics.tp / denom
         if self.boundary:
-            f = boundary_f(p, g, self.bound_th)
-            stats.f_values.extend(f.tolist())
-            result["F"] = float(f.mean())
+            stats.f_values.extend(metrics.f.tolist())
+            result["F"] = float(metrics.f.mean())
         if self.consistency:
-            vc = video_consistency(p, g, self.vc_window)
-            if vc is not None:
-                stats.vc_values.append(vc)
-            result[self.vc_key] = vc
+            if metrics.vc is not None:
+                stats.vc_values.append(metrics.vc)
+            result[self.vc_key] = metrics.vc
         return result
 
     def merge(self, other: "FewShotEvaluator") -> "FewShotEvaluator":

@@ -20,11 +20,11 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from config import DEFAULTS, config_to_dict
-from utils.distributed import env_rank
+from utils.distributed import all_gather_object, cleanup_distributed, env_rank, get_rank, get_world_size, init_distributed
 from utils.fileio import WriteError, atomic_write_json, unwritable_reason
 from utils.log import setup_logging
 from utils.metrics import FewShotEvaluator, jaccard
@@ -39,7 +39,8 @@ from .loading import LoadedModel, load_trained_model
 
 __all__ = ["METRICS", "RESULTS_FOLDER", "metric_names", "results_path", "check_output_locations", "make_segmenter",
            "COMPILED_MODULES", "check_compiler", "compile_model", "compile_seconds", "AllBackground", "model_under_test",
-           "evaluate_split", "aggregate", "format_table", "results_lock", "write_results", "run_test", "validate_episodes",
+           "memory_generator", "evaluate_split", "aggregate", "format_table", "results_lock", "write_results", "run_test",
+           "validate_episodes",
            "checkpoint_to_test"]
 
 logger = logging.getLogger(__name__)
@@ -170,33 +171,74 @@ def class_name_of(dataset, class_id: int) -> str:
     return str(class_id)
 
 
+def memory_generator(seed: int, index: int) -> torch.Generator:
+    """The generator of test video ``index``'s memory draws in the run with ``seed``.
+
+    A pure function of (seed, index), as the video's supports are (``dataset.episodes.item_rng``),
+    so a video draws the same memory frames whichever process segments it and whichever videos
+    run beside it (``test_video_batch``).
+    """
+    state = np.random.SeedSequence([int(seed), int(index)]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state >> np.uint64(1)))
+
+
+def _segment_videos(segmenter, items, *, device: torch.device, seed: int, video_batch: int):
+    """(index, item, VideoPrediction) for every (index, item) of ``items``, ``video_batch`` videos per
+    pass when the segmenter can (``VideoSegmenter.segment_many``), in the order they finish."""
+    if video_batch == 1 or not hasattr(segmenter, "segment_many"):
+        for index, item in items:
+            yield index, item, segmenter.segment(item["query_img"].to(device), item["support_img"].to(device),
+                                                 item["support_mask"].to(device),
+                                                 generator=memory_generator(seed, index))
+        return
+    from models import QueryVideo  # noqa: WPS433
+
+    videos = (QueryVideo(item["query_img"].to(device), item["support_img"].to(device), item["support_mask"].to(device),
+                         generator=memory_generator(seed, index), tag=(index, item)) for index, item in items)
+    for (index, item), result in segmenter.segment_many(videos, video_batch):
+        yield index, item, result
+
+
 @torch.no_grad()
 def evaluate_split(cfg, segmenter, *, device: torch.device, seed: int, vis_dir: Optional[str] = None) -> Dict[str, Any]:
     """One pass over every test video with supports drawn with ``seed``; returns the run's summary.
 
-    The summary holds ``seed``, ``class_names``, ``videos`` (per-video metrics) and the
-    evaluator's ``per_class`` / ``mean`` metrics (fractions in [0, 1]).
+    The summary holds ``seed``, ``class_names``, ``videos`` (per-video metrics, in dataset order,
+    each with the ``rank`` of the process that segmented it) and the evaluator's ``per_class`` /
+    ``mean`` metrics (fractions in [0, 1]). Under torchrun each process segments every
+    world_size-th video and the per-video values are gathered and added in dataset order, so
+    every process returns the numbers of a single-process run. ``cfg.test_video_batch`` videos
+    run side by side per forward pass.
     """
     dataset = build_split(cfg, "test", episodes_per_class=1, seed=seed, augment=False)
     seed_everything(seed)
-    generator = torch.Generator().manual_seed(seed)
+    rank, world_size = get_rank(), get_world_size()
     evaluator = FewShotEvaluator(vc_window=cfg.vc_window)
-    loader = DataLoader(dataset, batch_size=None, num_workers=resolve_num_workers(cfg.num_workers))
-    names: Dict[str, str] = {}
-    videos: List[Dict[str, Any]] = []
-    for item in tqdm(loader, total=len(dataset), desc=f"test seed {seed}", dynamic_ncols=True):
+    mine = list(range(rank, len(dataset), world_size))
+    loader = DataLoader(Subset(dataset, mine), batch_size=None, num_workers=resolve_num_workers(cfg.num_workers))
+    segmented = []
+    progress = tqdm(total=len(mine), desc=f"test seed {seed}", dynamic_ncols=True, disable=rank != 0)
+    for index, item, result in _segment_videos(segmenter, zip(mine, loader), device=device, seed=seed,
+                                               video_batch=cfg.test_video_batch):
         class_id = int(item["class_id"])
-        result = segmenter.segment(item["query_img"].to(device), item["support_img"].to(device),
-                                   item["support_mask"].to(device), generator=generator)
         pred = result.pred.cpu()
         gt = item["query_mask"][:, 0]
-        per_video = evaluator.add_video(class_id, pred, gt)
-        names[str(class_id)] = class_name_of(dataset, class_id)
-        videos.append({"class_id": class_id, "video": item["video"], **per_video})
+        segmented.append({"index": index, "class_id": class_id, "video": item["video"], "rank": rank,
+                          "metrics": evaluator.video_metrics(pred, gt)})
         if vis_dir:
-            save_video_visualisation(vis_dir, names[str(class_id)], item["video"], item["query_img"], gt, pred,
-                                     frame_names=item.get("frame_names"), frame_scores=result.score.cpu().tolist(),
-                                     frame_j=jaccard(pred, gt).tolist())
+            save_video_visualisation(vis_dir, class_name_of(dataset, class_id), item["video"], item["query_img"], gt,
+                                     pred, frame_names=item.get("frame_names"),
+                                     frame_scores=result.score.cpu().tolist(), frame_j=jaccard(pred, gt).tolist())
+        progress.update()
+    progress.close()
+    gathered = sorted((entry for part in all_gather_object(segmented) for entry in part), key=lambda e: e["index"])
+    names: Dict[str, str] = {}
+    videos: List[Dict[str, Any]] = []
+    for entry in gathered:                                      # dataset order: the sums of one process
+        class_id = entry["class_id"]
+        per_video = evaluator.add_metrics(class_id, entry["metrics"])
+        names[str(class_id)] = class_name_of(dataset, class_id)
+        videos.append({"class_id": class_id, "video": entry["video"], **per_video, "rank": entry["rank"]})
     summary = evaluator.summary()
     summary["per_class"] = {str(k): v for k, v in summary["per_class"].items()}
     return {"seed": seed, "class_names": names, "videos": videos, **summary}
@@ -316,14 +358,25 @@ def run_test(values: Mapping[str, Any], *, checkpoint: Optional[str] = None, out
     locations are checked before the model is loaded, and the results file is locked
     (:func:`results_lock`) while the test runs. The results hold ``table`` (the text table). When
     the JSON cannot be written, :func:`write_results` keeps it in a fallback file it names.
+
+    Under torchrun (``WORLD_SIZE`` > 1) the processes share out the videos of every run
+    (:func:`evaluate_split`; gloo on CPU, NCCL with one GPU per process) and rank 0 writes the
+    JSON and the log; the aggregate records ``world_size``.
     """
     early = resolve_config({}, values)
     require_dataset(early)                                            # before loading any weights
     output = output or results_path(early, checkpoint)
     check_output_locations(output=output, save_vis=save_vis)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    with results_lock(output):
-        return _run_test_locked(values, checkpoint=checkpoint, output=output, save_vis=save_vis, trusted=trusted)
+    with results_lock(output):                                        # rank 0, before the process group
+        dist_info = init_distributed(resolve_device(early.device).type)   # fewer GPUs than processes: UserError
+        try:
+            setup_logging(os.path.splitext(output)[0] + ".log", rank=dist_info.rank)
+            return _run_test(values, checkpoint=checkpoint, output=output, save_vis=save_vis, trusted=trusted,
+                             dist_info=dist_info)
+        finally:
+            if dist_info.distributed:
+                cleanup_distributed()
 
 
 def results_lock(output: str):
@@ -359,14 +412,14 @@ def write_results(output: str, results: Mapping[str, Any], table: str) -> None:
                                     f"the results JSON are printed above")
 
 
-def _run_test_locked(values: Mapping[str, Any], *, checkpoint: Optional[str], output: str,
-                     save_vis: Optional[str], trusted: bool) -> Dict[str, Any]:
-    setup_logging(os.path.splitext(output)[0] + ".log")
+
+def _run_test(values, *, checkpoint, output, save_vis, trusted, dist_info) -> Dict[str, Any]:
     cfg, loaded = model_under_test(values, checkpoint=checkpoint, trusted=trusted)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, dist_info.local_rank)
     segmenter = make_segmenter(loaded.model.to(device).eval(), cfg)
-    logger.info("testing %s on %s group %d (%d run(s)), device %s", loaded.description, cfg.dataset, cfg.group,
-                cfg.test_runs, device)
+    processes = f", {dist_info.world_size} processes ({dist_info.backend})" if dist_info.distributed else ""
+    logger.info("testing %s on %s group %d (%d run(s)), device %s%s, %d video(s) per pass", loaded.description,
+                cfg.dataset, cfg.group, cfg.test_runs, device, processes, cfg.test_video_batch)
     metric_keys = metric_names(cfg)
     runs = []
     started = time.time()
@@ -378,13 +431,14 @@ def _run_test_locked(values: Mapping[str, Any], *, checkpoint: Optional[str], ou
                     ", ".join(f"{k} {m[k]:.4f}" if m[k] is not None else f"{k} n/a" for k in metric_keys))
     if cfg.test_compile:
         logger.info("torch.compile spent %.1f s compiling (included in the test's time)", compile_seconds())
-    agg = aggregate(runs, metric_keys)
+    agg = dict(aggregate(runs, metric_keys), world_size=dist_info.world_size)
     names = runs[0]["class_names"]
     table = format_table(agg, names, metric_keys)
     results = {"checkpoint": loaded.description, "dataset": cfg.dataset, "group": cfg.group,
                "metrics": metric_keys, "class_names": names, "aggregate": agg, "runs": runs,
                "config": config_to_dict(cfg), "seconds": round(time.time() - started, 1)}
-    write_results(output, results, table)
-    logger.info("metrics table:\n%s", table)
-    logger.info("results written to %s%s", output, f"; overlays in {save_vis}" if save_vis else "")
+    if dist_info.is_main:
+        write_results(output, results, table)
+        logger.info("metrics table:\n%s", table)
+        logger.info("results written to %s%s", output, f"; overlays in {save_vis}" if save_vis else "")
     return dict(results, table=table, output=output)
