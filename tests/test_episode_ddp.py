@@ -35,8 +35,8 @@ class SyncEveryClip(nn.Module):
         super().__init__()
         self.ddp = ddp
 
-    def forward(self, *args):
-        return self.ddp(*args)
+    def forward(self, *args, **kwargs):
+        return self.ddp(*args, **kwargs)
 
 
 def _free_port() -> int:
