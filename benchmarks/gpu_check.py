@@ -61,7 +61,7 @@ from utils.runtime import EXIT_FAILURE, UserError, resolve_device, run_cli  # no
 
 DEFAULT_OUT = "outputs/gpu_check"
 PASS, FAIL, SKIPPED = "pass", "fail", "skipped"
-# A sanity bound, not a contract: bf16 autocast moved 0.003 % of the pixels on CPU (README).
+# A sanity bound, not a contract: bf16 autocast moved 0.003 % of the pixels on CPU (docs/speed.md).
 BF16_MAX_PIXELS_DIFFERING = 0.01
 # Sanity bound for K videos per pass against one at a time in float32: the arithmetic is the same
 # per video, only kernel choices for the larger batch round differently (CPU: no pixel moved).

@@ -160,7 +160,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, exclude: Iterable[s
     by_key, other = _aliases_by_key() if aliases else ({}, [])
     group = parser.add_argument_group(
         "config values", "each key of config/config.py (the default shown); the authors' option names "
-                         "are accepted too (README: Authors' option names)")
+                         "are accepted too (docs/training.md: Authors' option names)")
     for key, default in DEFAULTS.items():
         if key in excluded:
             continue
@@ -288,7 +288,7 @@ def explicit_values(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def alias_table_markdown() -> str:
-    """The authors' names and what they set here, as a markdown table (README)."""
+    """The authors' names and what they set here, as a markdown table (docs/training.md)."""
     lines = ["| authors' name | here | meaning | used in |", "|---|---|---|---|"]
     for alias in AUTHOR_ALIASES:
         if alias.key is None or alias.convert in DATASET_DEPENDENT:

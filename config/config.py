@@ -94,7 +94,7 @@ DEFAULTS = EasyDict(
         # The authors augment a training frame at full resolution: crop (resized back), affine, float
         # contrast/noise, flip, letterbox. True composes them into one warp straight to the output
         # size (dataset.transforms.FastTrainTransform): a deviation that resamples once instead of
-        # three times (README, "Training data loader").
+        # three times (docs/speed.md, "Training data loader").
         "fast_augment": False,                     # training augmentation as one warp per frame at the
                                                    # output size (a deviation; several times cheaper at
                                                    # 1280x720) (R)

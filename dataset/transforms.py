@@ -294,7 +294,7 @@ class FastTrainTransform(TrainTransform):
     intermediate, no cubic resize, no nearest-neighbour mask steps); contrast, noise and the
     normalisation work on the output. Masks: one bilinear warp of the 0/1 mask (as 0/255),
     object where the result is 255 (the letterbox's "exactly 1.0" truncation). Outputs differ
-    from the default by resampling (one interpolation instead of three); README "fast_augment"
+    from the default by resampling (one interpolation instead of three); docs/speed.md "fast_augment"
     compares their distributions.
     """
 

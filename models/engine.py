@@ -237,7 +237,7 @@ class VideoSegmenter:
         What can differ is floating-point rounding: a CPU (oneDNN) or GPU convolution or matrix
         product may pick another blocking for a larger batch and round a frame's features
         differently in the last bits (measured on CPU: 1x1 convolutions at >= 20 frames, logits
-        within 4e-6, scores within 6e-8; README, "Several videos per pass").
+        within 4e-6, scores within 6e-8; docs/speed.md, "test.py on several processes, several videos per pass").
         """
         if len(sessions) != len(clips):
             raise ModelError(f"step_many: {len(sessions)} sessions but {len(clips)} clips")

@@ -61,7 +61,7 @@ def violations(unit: str, source: str, where: str) -> list[str]:
 def test_every_unit_has_a_layer():
     units = source_files()
     assert set(SCRIPTS) | {"vipmt", "models", "dataset", "utils", "config"} <= set(units)
-    assert not set(units) - set(LAYERS), "place new top-level packages in LAYERS (and README.md's layout)"
+    assert not set(units) - set(LAYERS), "place new top-level packages in LAYERS (and the layout in docs/README.md)"
 
 
 def test_imports_only_go_down():

@@ -144,8 +144,8 @@ def test_help_shows_every_option_with_its_default():
     assert "--test_num" not in text                           # no-equivalent names stay out of --help
 
 
-def test_readme_holds_the_current_alias_table():
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+def test_the_training_docs_hold_the_current_alias_table():
+    readme = (ROOT / "docs" / "training.md").read_text(encoding="utf-8")
     assert "Authors' option names" in readme
     assert alias_table_markdown() in readme
 
