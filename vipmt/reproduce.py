@@ -7,7 +7,7 @@
    interrupted one continues exactly from its ``last.pth``, a finished one (``last.pth`` at the
    last epoch) is not touched;
 2. tests its ``best.pth`` with the paper's protocol and ``test_runs`` seeds
-   (:func:`vipmt.evaluation.run_test`), unless that test's results file
+   (:func:`vipmt.testrun.run_test`), unless that test's results file
    (``<run>/test/test_best_seeds<S>-<E>.json``) is newer than ``best.pth`` and was made with the
    same test settings;
 3. writes ``<output_dir>/reproduce_<dataset>/results.json`` and ``results.md``: per fold and
@@ -43,9 +43,9 @@ from utils.runtime import EXIT_INTERRUPTED, UserError
 
 from .build import BEST_CHECKPOINT, LAST_CHECKPOINT, METRICS_FILE, run_directory
 from .cli import resolve_config
-from .evaluation import _stats as mean_and_std  # noqa: WPS450 - the one mean/std over runs (None, nan left out)
-from .evaluation import metric_names, results_path, run_test
+from .evaluation import mean_and_std, metric_names
 from .run import run_training
+from .testrun import results_path, run_test
 
 __all__ = ["RESULTS_JSON", "RESULTS_MD", "REPRODUCE_LOG", "TABLE_METRICS", "results_folder", "FoldRun",
            "training_status", "current_test_results", "summarise", "results_markdown", "reproduce"]
