@@ -8,7 +8,7 @@ and sets the best epoch from it. test.py's protocol is :mod:`vipmt.evaluation`.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping
+from typing import Any, Callable, Dict, Mapping
 
 import torch
 from tqdm import tqdm
@@ -18,9 +18,6 @@ from utils.metrics import FewShotEvaluator
 
 from .build import TrainingData, amp_autocast
 from .hooks import HookBase
-
-if TYPE_CHECKING:                      # annotations only
-    from .training import Trainer
 
 __all__ = ["VAL_MEMORY_SEED_OFFSET", "validate_episodes", "ValidationHook"]
 
@@ -66,7 +63,8 @@ class ValidationHook(HookBase):
     def __init__(self, validate: Callable[[Any], Mapping[str, Any]]):
         self.validate = validate
 
-    def after_epoch(self, trainer: "Trainer", record: Dict[str, Any]) -> None:
+    def after_epoch(self, trainer, record: Dict[str, Any]) -> None:
+        """``trainer``: the :class:`vipmt.training.Trainer` (not imported: training.py imports this module)."""
         state, cfg = trainer.state, trainer.cfg
         if state.epoch % cfg.validate_every != 0 and state.epoch != cfg.epochs:
             return
