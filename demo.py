@@ -9,7 +9,7 @@
    (no weight download): 64x64 frames, batches of 4 episodes of 3 one-frame clips (the
    three-clip protocol with feature reuse and a random memory frame), 120 steps,
 3. tests the trained model (``last.pth``), the untrained model and the all-background baseline
-   with test.py's protocol (``vipmt.evaluation``) on the held-out classes (5-frame clips,
+   with test.py's protocol (``vipmt.testrun``) on the held-out classes (5-frame clips,
    reliable memory), prints the metrics table and a comparison, and writes per-frame overlays
    and contact sheets.
 
@@ -28,8 +28,9 @@ from synthetic import write_synthetic_youtube_vis
 from utils.fileio import atomic_write_json
 from utils.log import setup_logging
 from vipmt.cli import resolve_config, run, script_parser
-from vipmt.evaluation import AllBackground, evaluate_split, run_test
+from vipmt.evaluation import AllBackground, evaluate_split
 from vipmt.run import run_training
+from vipmt.testrun import run_test
 
 DATA = dict(seed=0, videos_per_class=5, frames_per_video=7, frame_size=(64, 112), num_categories=16)
 SMALL = {"image_size": [64, 64], "num_workers": 0}

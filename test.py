@@ -20,7 +20,7 @@ from typing import Sequence
 from utils.log import setup_logging
 from utils.runtime import reuse_freed_memory
 from vipmt.cli import add_config_arguments, add_config_option, explicit_values, run, script_parser
-from vipmt.evaluation import run_test
+from vipmt.testrun import run_test
 
 
 def build_parser():

@@ -1,7 +1,7 @@
 """Where test.py's time goes: wall-clock per stage of its own evaluation path.
 
 Writes a small synthetic YouTube-VIS dataset (fold 1's held-out class only, frames larger than
-the letterbox so that it really resizes), then runs ``vipmt.evaluation.run_test`` -- test.py's
+the letterbox so that it really resizes), then runs ``vipmt.testrun.run_test`` -- test.py's
 whole job: index the split, build the (untrained, random-backbone) model, segment every video
 with ``VideoSegmenter``, compute the metrics, write the results JSON -- with timers around its
 stages. Each stage's time is exclusive (a nested stage's time is not counted in its parent), so
@@ -37,7 +37,7 @@ import models.vipmt as vipmt_model  # noqa: E402
 from benchmarks.stage_clock import StageClock  # noqa: E402
 from synthetic import write_synthetic_youtube_vis  # noqa: E402
 from utils.runtime import reuse_freed_memory  # noqa: E402
-from vipmt import evaluation  # noqa: E402
+from vipmt import evaluation, segmenter, testrun  # noqa: E402
 
 NOT_COVERED = "not covered (loop, logging, tqdm)"
 
@@ -95,7 +95,7 @@ class TimedLoader(torch.utils.data.DataLoader):
 
 @contextlib.contextmanager
 def instrumented(clock: StageClock):
-    """Patch vipmt.evaluation's and models.vipmt's names with timed versions for the duration."""
+    """Patch vipmt.evaluation's, vipmt.testrun's and models.vipmt's names with timed versions for the duration."""
     TimedLoader.clock = clock
     metrics = evaluation.FewShotEvaluator
     with contextlib.ExitStack() as stack:
@@ -103,24 +103,24 @@ def instrumented(clock: StageClock):
         patch(mock.patch.object(evaluation, "DataLoader", TimedLoader))
         patch(mock.patch.object(evaluation, "build_split", lambda *a, **k: instrument_dataset(
             clock, clock.wrap("index annotations (build_split)", evaluation_build_split)(*a, **k))))
-        patch(mock.patch.object(evaluation, "model_under_test",
-                                clock.wrap("build model (random init)", evaluation.model_under_test)))
-        patch(mock.patch.object(evaluation, "make_segmenter", lambda *a, **k: instrument_segmenter(
-            clock, clock.wrap("make_segmenter (compile check)", evaluation_make_segmenter)(*a, **k))))
+        patch(mock.patch.object(testrun, "model_under_test",
+                                clock.wrap("build model (random init)", testrun.model_under_test)))
+        patch(mock.patch.object(testrun, "make_segmenter", lambda *a, **k: instrument_segmenter(
+            clock, clock.wrap("make_segmenter (compile check)", testrun_make_segmenter)(*a, **k))))
         for method in ("video_metrics", "add_metrics"):
             patch(mock.patch.object(metrics, method, clock.wrap("metrics (J, F, IoU, VC)", getattr(metrics, method))))
         patch(mock.patch.object(metrics, "summary", clock.wrap("metrics (J, F, IoU, VC)", metrics.summary)))
-        patch(mock.patch.object(evaluation, "atomic_write_json",
-                                clock.wrap("result I/O (JSON, log)", evaluation.atomic_write_json)))
-        patch(mock.patch.object(evaluation, "setup_logging",
-                                clock.wrap("result I/O (JSON, log)", evaluation.setup_logging)))
+        patch(mock.patch.object(testrun, "atomic_write_json",
+                                clock.wrap("result I/O (JSON, log)", testrun.atomic_write_json)))
+        patch(mock.patch.object(testrun, "setup_logging",
+                                clock.wrap("result I/O (JSON, log)", testrun.setup_logging)))
         for function, name in MODEL_FUNCTIONS.items():
             patch(mock.patch.object(vipmt_model, function, clock.wrap(name, getattr(vipmt_model, function))))
         yield
 
 
 evaluation_build_split = evaluation.build_split
-evaluation_make_segmenter = evaluation.make_segmenter
+testrun_make_segmenter = testrun.make_segmenter
 
 
 def write_dataset(root: str, args) -> str:
@@ -135,7 +135,7 @@ def run_once(data_root: str, out_dir: str, args, clock: StageClock) -> dict:
               "test_compile": args.compile, "output_dir": out_dir, "seed": 0}
     with instrumented(clock):
         start = time.perf_counter()
-        results = evaluation.run_test(values, checkpoint="none", output=os.path.join(out_dir, "results.json"))
+        results = testrun.run_test(values, checkpoint="none", output=os.path.join(out_dir, "results.json"))
         total = time.perf_counter() - start
     frames = sum(video["frames"] for video in results["runs"][0]["videos"])
     return {"total": total, "frames": frames, "videos": len(results["runs"][0]["videos"]),
@@ -198,12 +198,12 @@ def main(argv=None) -> dict:
             last = number == args.passes
             profiler = (torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
                         if args.profile and last else contextlib.nullcontext())
-            compiled_before = evaluation.compile_seconds()
+            compiled_before = segmenter.compile_seconds()
             with profiler:
                 run = run_once(data_root, os.path.join(tmp, f"out{number}"), args, clock)
             table, covered = stage_table(clock, run["total"], run["frames"])
             print(f"\npass {number}/{args.passes}: {run['total']:.1f} s, {run['videos']} videos, {run['frames']} frames"
-                  + (f", torch.compile compiled for {evaluation.compile_seconds() - compiled_before:.1f} s"
+                  + (f", torch.compile compiled for {segmenter.compile_seconds() - compiled_before:.1f} s"
                      if args.compile else "") + f"; {load_average()}")
             print(table)
             if args.profile and last:
@@ -211,7 +211,7 @@ def main(argv=None) -> dict:
                 print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top))
             report = {"total": run["total"], "frames": run["frames"], "covered": covered,
                       "stages": dict(clock.seconds), "mean": run["mean"],
-                      "compile_seconds": evaluation.compile_seconds() - compiled_before}
+                      "compile_seconds": segmenter.compile_seconds() - compiled_before}
         if args.json:
             Path(args.json).write_text(json.dumps(report, indent=2))
         return report

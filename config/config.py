@@ -149,9 +149,9 @@ DEFAULTS = EasyDict(
         # ---- inference (test.py) -------------------------------------------------------
         "memory_threshold": 0.8,                   # a frame with predicted score >= this becomes memory
         "memory_size": 5,                          # at most this many memory frames per clip (R)
-        "memory_pool_size": 0,                     # N > 0: draw memory from the N latest reliable frames
-                                                   # only (bounds memory on long videos; 0 = all, the
-                                                   # authors')
+        "memory_pool_size": 0,                     # N > 0: test.py's engine draws memory from the N latest
+                                                   # reliable frames only (bounds memory on long videos;
+                                                   # 0 = all, the authors'; recorded in the results JSON)
         # A user's video can be of any length, so the API bounds memory by default: identical to the
         # authors' (0) on any video with at most this many reliable frames before its last clip.
         "predictor_memory_pool_size": 256,         # memory_pool_size of vipmt.Predictor and predict.py

@@ -32,7 +32,7 @@ def test_one_shot_training_and_testing_run_end_to_end(tmp_path):
 
 
 def test_testing_with_other_shots_than_trained_is_said(caplog):
-    from vipmt.evaluation import warn_if_shots_differ
+    from vipmt.testrun import warn_if_shots_differ
 
     with caplog.at_level(logging.WARNING):
         warn_if_shots_differ({"support_shots": 1}, 5)

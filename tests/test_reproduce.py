@@ -119,6 +119,9 @@ def test_collect_assembles_finished_folds_and_names_the_missing_ones(reproduced,
     (["--folds", "1", "1"], "--folds lists a fold twice"),
     (["--run-name", "x"], "drop --run-name"),
     (["seed=7", "--folds", "1"], "fold 1: "),            # the finished run was trained with seed 42
+    # a run trained at lr=5e-4 is not tabulated as lr=0.01 (nor continued at it)
+    (["lr=0.01"], "holds a run trained with lr=0.0005 (its last.pth), but this command asks lr=0.01"),
+    (["--folds", "1", "2", "lr=0.01"], "but this command asks lr=0.01"),   # the override after the folds
 ])
 def test_refusals_are_one_error_line_and_touch_nothing(reproduced, capsys, extra, message):
     argv, out, before = reproduced
@@ -127,6 +130,8 @@ def test_refusals_are_one_error_line_and_touch_nothing(reproduced, capsys, extra
     assert message in err
     if extra[0] == "seed=7":
         assert "cannot change seed (42 -> 7" in err
+    if "lr=0.01" in extra:                        # the options: the run's value, or another place to train
+        assert "Give the run's values (lr=0.0005)" in err and "choose another --output-dir" in err
     assert _tree_state(out) == before
 
 
@@ -154,3 +159,100 @@ def test_the_command_lines_parse_as_train_py_s(capsys):
     with pytest.raises(SystemExit) as exit_info:
         train.build_parser().parse_args(["--auto-resume", "--resume"])
     assert exit_info.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+def _copy(out, dest):
+    """The fixture's output folder at ``dest``: checkpoints hard-linked (reproduce only reads them or
+    replaces them atomically), every other file copied, so that a test can change them."""
+    import shutil
+
+    def copy(src, dst):
+        return os.link(src, dst) if src.endswith(".pth") else shutil.copy2(src, dst)
+
+    shutil.copytree(out, dest, copy_function=copy)
+    return dest
+
+
+def _at(argv, out):
+    """``argv`` writing into ``out`` (--output-dir) instead."""
+    index = argv.index("--output-dir")
+    return argv[:index + 1] + [out] + argv[index + 2:]
+
+
+def test_a_narrower_folds_keeps_the_other_folds_of_the_table_or_refuses_to_drop_them(reproduced, tmp_path, capsys):
+    argv, out, _ = reproduced
+    out = _copy(out, tmp_path / "out")
+    table = json.loads((out / "reproduce_youtube_vis/results.json").read_text())
+    assert run(reproduce, _at(argv, out) + ["--folds", "1"]) == 0
+    narrower = json.loads((out / "reproduce_youtube_vis/results.json").read_text())
+    def numbers(results):                         # the table but where its files are (this copy's)
+        return {g: {k: v for k, v in fold.items() if k != "test_results"} for g, fold in results["folds"].items()}
+
+    assert (numbers(narrower), narrower["mean"]) == (numbers(table), table["mean"])     # fold 2 kept, from its files
+    assert narrower["folds"]["2"]["test_results"] == str(out / "youtube_vis_group2/test/test_best_seeds42-43.json")
+    assert narrower["config"]["folds"] == [1, 2] and "| | Fold-1 | Fold-2 | Mean |" in \
+        (out / "reproduce_youtube_vis/results.md").read_text()
+    assert "fold 2: kept in the table (not in --folds)" in (out / "reproduce_youtube_vis/reproduce.log").read_text()
+
+    os.remove(out / "youtube_vis_group2/test/test_best_seeds42-43.json")       # fold 2 can no longer be kept
+    capsys.readouterr()
+    assert run(reproduce, _at(argv, out) + ["--folds", "1"]) == 2
+    err = _error_line(capsys.readouterr().err)
+    assert "tabulates folds 2 too" in err and "fold 2: no test results" in err
+    assert "(--folds 1 2)" in err and "--drop-other-folds" in err
+    assert json.loads((out / "reproduce_youtube_vis/results.json").read_text()) == narrower     # kept as it was
+    assert run(reproduce, _at(argv, out) + ["--folds", "1", "--drop-other-folds"]) == 0
+    assert list(json.loads((out / "reproduce_youtube_vis/results.json").read_text())["folds"]) == ["1"]
+
+
+@pytest.mark.slow
+def test_a_test_json_of_the_wrong_shape_is_named_by_collect_and_tested_again(reproduced, tmp_path, capsys):
+    argv, out, _ = reproduced
+    out = _copy(out, tmp_path / "out")
+    bad = {1: "[]", 2: '{"config": {}, "runs": []}'}
+    for group, text in bad.items():
+        (out / f"youtube_vis_group{group}/test/test_best_seeds42-43.json").write_text(text)
+    assert run(reproduce, _at(argv, out) + ["--collect"]) == 2
+    err = _error_line(capsys.readouterr().err)
+    first = out / "youtube_vis_group1/test/test_best_seeds42-43.json"
+    assert f"fold 1: the test results {str(first)!r} are not usable: it holds a list" in err
+    assert "fold 2: the test results" in err and "its 'aggregate' is missing" in err
+    assert "Run reproduce.py --folds 1 2 without --collect" in err
+    assert run(reproduce, _at(argv, out) + ["--folds", "1", "--drop-other-folds"]) == 0     # fold 1 tested again
+    assert json.loads(first.read_text())["aggregate"]["runs"] == RUNS
+    assert "(the test results" in (out / "reproduce_youtube_vis/reproduce.log").read_text()
+
+
+def test_a_damaged_fold_last_pth_says_how_to_go_on(reproduced, tmp_path, capsys):
+    argv, out, _ = reproduced
+    out = _copy(out, tmp_path / "out")
+    last = out / "youtube_vis_group1/last.pth"
+    head = last.read_bytes()[:100_000]
+    os.remove(last)                               # a hard link: the fixture's file stays whole
+    last.write_bytes(head)
+    assert run(reproduce, _at(argv, out)) == 2
+    err = _error_line(capsys.readouterr().err)
+    assert f"fold 1: its last.pth {str(last)!r} is corrupt or truncated" in err and "Copy or download" not in err
+    assert "Move it away" in err and f"--resume-from {out / 'youtube_vis_group1/best.pth'}" in err
+    assert "python train.py --group 1 " in err and "to train fold 1 anew" in err
+
+
+def test_a_full_disk_when_a_log_is_closed_is_one_error_line(reproduced, monkeypatch, capsys):
+    """reproduce.log's last lines cannot be flushed when reproduce moves on to a fold's log (a full disk):
+    one error line naming the file, exit 2, no traceback; the table and the runs are untouched."""
+    import errno
+    import io
+
+    from utils.log import QuietFileHandler
+
+    class FullDisk(io.StringIO):
+        def flush(self):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    argv, out, before = reproduced
+    table = (out / "reproduce_youtube_vis/results.json").read_text()
+    monkeypatch.setattr(QuietFileHandler, "_open", lambda self: FullDisk())
+    assert run(reproduce, argv) == 2
+    err = _error_line(capsys.readouterr().err)
+    assert err.startswith(f"error: cannot write {str(out / 'reproduce_youtube_vis/reproduce.log')!r}: No space left")
+    assert (out / "reproduce_youtube_vis/results.json").read_text() == table and _tree_state(out) == before

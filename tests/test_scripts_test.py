@@ -70,12 +70,37 @@ def test_authors_checkpoint_gives_the_same_numbers(setup):
 def test_bf16_config_key_switches_the_engine_to_bfloat16_autocast():
     from models import VIPMT
     from vipmt.cli import resolve_config
-    from vipmt.evaluation import make_segmenter
+    from vipmt.segmenter import make_segmenter
 
     model = VIPMT(backbone_weights=None, image_size=(64, 64))
     for values, dtype in (({}, None), ({"test_bf16": True}, torch.bfloat16)):
         cfg = resolve_config({}, dict(values, image_size=[64, 64]))
         assert make_segmenter(model, cfg).autocast_dtype == dtype
+
+
+def test_memory_pool_size_reaches_the_engine_and_the_results(setup, tmp_path, monkeypatch):
+    """``test.py memory_pool_size=3``: the engine draws memory from the 3 latest reliable frames only
+    (seen from the draws it makes), and the results JSON and the log say so."""
+    import models.engine
+
+    root, data, ours, _ = setup
+    offered = []                                  # how many memory candidates each draw was offered
+    draw = models.engine.draw_memory
+
+    def counted_draw(candidates, memory_size, generator):
+        offered.append(len(candidates))
+        return draw(candidates, memory_size, generator)
+
+    monkeypatch.setattr(models.engine, "draw_memory", counted_draw)
+    out = tmp_path / "pool.json"
+    # 8-frame videos in 5-frame clips, every frame reliable: the second clip sees 5 candidates unbounded
+    assert run(test_script, ["--data-root", data, "--checkpoint", ours, "--output", out] + ARGS
+               + ["memory_threshold=0.0", "memory_pool_size=3"]) == 0
+    assert max(offered) == 3
+    result = json.loads(out.read_text())
+    assert result["engine"]["memory_pool_size"] == 3 and result["config"]["memory_pool_size"] == 3
+    assert result["engine"]["memory_threshold"] == 0.0 and result["engine"]["clip_length"] == 5
+    assert "memory_pool_size 3" in (tmp_path / "pool.log").read_text()
 
 
 def test_results_and_log_go_into_the_run_directory_named_after_checkpoint_and_seed(setup, tmp_path):
@@ -101,12 +126,12 @@ def test_unwritable_output_is_refused_before_the_model_is_loaded(setup, tmp_path
     root, data, ours, _ = setup
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    import vipmt.evaluation as evaluation
+    import vipmt.testrun as testrun
 
     def must_not_load(*args, **kwargs):
         raise AssertionError("the model was loaded before the output location was checked")
 
-    monkeypatch.setattr(evaluation, "model_under_test", must_not_load)
+    monkeypatch.setattr(testrun, "model_under_test", must_not_load)
     argv = ["--data-root", data, "--checkpoint", ours] + ARGS
     argv += ["--output", blocker / "results.json"] if where == "output" else \
         ["--output", tmp_path / "r.json", "--save-vis", blocker / "vis"]
@@ -146,7 +171,7 @@ def test_a_second_test_into_the_same_results_file_is_refused(setup, tmp_path, ca
     out = tmp_path / "shared.json"
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
         import sys, time
-        from vipmt.evaluation import results_lock
+        from vipmt.testrun import results_lock
         lock = results_lock(sys.argv[1]).acquire()
         print("locked", flush=True)
         time.sleep(600)

@@ -7,7 +7,7 @@ import torch
 from config import DEFAULTS, ConfigError, apply_overrides, get_config
 from config.cli import KEY_HELP
 from utils.runtime import UserError
-from vipmt import evaluation
+from vipmt import segmenter
 from vipmt.cli import resolve_config
 
 SIZE = (64, 112)
@@ -24,16 +24,16 @@ def test_a_broken_compiler_is_a_user_error_not_a_silent_fallback(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
 
-    monkeypatch.setattr(evaluation.torch, "compile", broken)
+    monkeypatch.setattr(segmenter.torch, "compile", broken)
     cfg = resolve_config({}, {"test_compile": True, "image_size": list(SIZE)})
     with pytest.raises(UserError, match="test_compile=false") as err:
-        evaluation.make_segmenter(object(), cfg)
+        segmenter.make_segmenter(object(), cfg)
     assert "No working C++ compiler" in str(err.value)
 
 
 def test_compiled_model_predicts_what_the_eager_one_does(monkeypatch):
     try:
-        evaluation.check_compiler()
+        segmenter.check_compiler()
     except UserError as exc:
         pytest.skip(f"inductor unavailable here: {exc}")
     from models import VIPMT, VideoSegmenter
@@ -51,11 +51,11 @@ def test_compiled_model_predicts_what_the_eager_one_does(monkeypatch):
     eager = segment()
     # The score head only: compiling the backbone takes minutes on a 2-core CPU. The backbone's
     # and transformer's compiled predictions are compared at 240x424 by benchmarks/test_profile.py.
-    monkeypatch.setattr(evaluation, "COMPILED_MODULES", ("score_head",))
+    monkeypatch.setattr(segmenter, "COMPILED_MODULES", ("score_head",))
     cfg = resolve_config({}, {"test_compile": True, "image_size": list(SIZE)})
-    evaluation.make_segmenter(model, cfg)
+    segmenter.make_segmenter(model, cfg)
     assert model.score_head.forward is not type(model.score_head).forward.__get__(model.score_head)
     compiled = segment()
-    assert evaluation.compile_seconds() > 0
+    assert segmenter.compile_seconds() > 0
     assert torch.equal(compiled.pred, eager.pred)
     assert torch.allclose(compiled.score, eager.score, atol=1e-4, rtol=0)   # inductor may reorder float sums

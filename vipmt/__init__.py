@@ -8,10 +8,12 @@
     vipmt.loading     load_trained_model: our checkpoints and the authors' files, one loader
     vipmt.training    the training loop: Trainer (receives model, optimizer, scaler, data, hooks)
                       and TrainerState (where a run stands)
-    vipmt.hooks       around the steps: validation, logging, checkpoints (Checkpointer), metrics file
+    vipmt.hooks       around the steps: logging, checkpoints (Checkpointer), metrics file
+    vipmt.validation  training's validation (the val episodes) and its ValidationHook
     vipmt.run         a whole train.py run: run directory, resume config, DDP, signals, exit status
-    vipmt.evaluation  the test protocol over a split: runs, aggregation, the metrics table;
-                      training's validation
+    vipmt.evaluation  the test protocol over a split: runs, aggregation, the metrics table
+    vipmt.segmenter   the video engine test.py runs, from the config (memory, precision, compile)
+    vipmt.testrun     a whole test.py run: config, model under test, results file, lock
     vipmt.reproduce   every fold trained (or continued, or reused) and tested: the paper's table
     vipmt.predictor   Predictor (segment, segment_many, start -> Session: one frame at a time) and
                       the reading of videos and frame folders

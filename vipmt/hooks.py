@@ -3,9 +3,8 @@
 :meth:`vipmt.training.Trainer.fit` calls its hooks before and after each step and epoch, in
 list order (:func:`default_hooks`):
 
-* :class:`ValidationHook` - after every ``validate_every`` epochs (and the last) runs the
-  validation function it was given (the fold's held-out classes, the three-clip scheme in eval
-  mode, :func:`vipmt.evaluation.validate_episodes`); its mean class IoU sets the best epoch;
+* :class:`vipmt.validation.ValidationHook` (given to :func:`default_hooks`) - after every
+  ``validate_every`` epochs (and the last) validates; its mean class IoU sets the best epoch;
 * :class:`LoggingHook` - tqdm bar, ``train.log`` lines (through ``logging``), TensorBoard scalars;
 * :class:`CheckpointHook` - through the :class:`Checkpointer` it was given: ``last.pth`` after
   every epoch, every ``checkpoint_every_iters`` iterations and when the run stops inside an
@@ -20,10 +19,9 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional
 
 from tqdm import tqdm
 
@@ -38,7 +36,7 @@ from .loading import CHECKPOINT_HINT
 if TYPE_CHECKING:                      # annotations only: training.py imports this module
     from .training import Trainer
 
-__all__ = ["HookBase", "ValidationHook", "LoggingHook", "Checkpointer", "CheckpointHook", "MetricsFileHook",
+__all__ = ["HookBase", "LoggingHook", "Checkpointer", "CheckpointHook", "MetricsFileHook",
            "default_hooks", "metrics_line"]
 
 logger = logging.getLogger("train")
@@ -61,27 +59,6 @@ class HookBase:
 
     def after_train(self, trainer: "Trainer") -> None:
         """Always called, also when the run stops early or fails."""
-
-
-class ValidationHook(HookBase):
-    """Validates after every ``validate_every`` epochs and the last; tracks the best epoch.
-
-    ``validate(model)`` returns ``{"class_iou": {class: IoU}, "mean_class_iou": float}``.
-    """
-
-    def __init__(self, validate: Callable[[Any], Mapping[str, Any]]):
-        self.validate = validate
-
-    def after_epoch(self, trainer: "Trainer", record: Dict[str, Any]) -> None:
-        state, cfg = trainer.state, trainer.cfg
-        if state.epoch % cfg.validate_every != 0 and state.epoch != cfg.epochs:
-            return
-        val = self.validate(trainer.model)
-        metric = val["mean_class_iou"]
-        record["val_mean_class_iou"] = metric
-        record["val_class_iou"] = {str(k): v for k, v in val["class_iou"].items()}
-        if math.isfinite(metric) and (state.best_metric is None or metric > state.best_metric):
-            state.best_metric, state.best_epoch = metric, state.epoch
 
 
 class LoggingHook(HookBase):
@@ -282,7 +259,6 @@ class MetricsFileHook(HookBase):
                 raise write_error(self.path, exc) from None
 
 
-def default_hooks(run_dir: str, *, validate: Callable[[Any], Mapping[str, Any]],
-                  checkpointer: Checkpointer) -> List[HookBase]:
+def default_hooks(run_dir: str, *, validation: HookBase, checkpointer: Checkpointer) -> List[HookBase]:
     """Validation first (the others use its result), then logging, checkpoints, the metrics file."""
-    return [ValidationHook(validate), LoggingHook(run_dir), CheckpointHook(checkpointer), MetricsFileHook(run_dir)]
+    return [validation, LoggingHook(run_dir), CheckpointHook(checkpointer), MetricsFileHook(run_dir)]

@@ -11,7 +11,8 @@ from config import DEFAULTS
 from utils.checkpoint import is_our_checkpoint, load_checkpoint, load_model_state
 from utils.runtime import resolve_device
 
-__all__ = ["CHECKPOINT_HINT", "LoadedModel", "load_trained_model"]
+__all__ = ["CHECKPOINT_HINT", "LoadedModel", "TrainedCheckpoint", "read_trained_checkpoint", "model_from_checkpoint",
+           "load_trained_model"]
 
 CHECKPOINT_HINT = ("Expected a VIPMT checkpoint with the reference parameter names (ours, or the authors' "
                    "{'state_dict': ...} file). The score head's size depends on the image size: the "
@@ -26,6 +27,45 @@ class LoadedModel:
     description: str                  # e.g. "runs/x/best.pth (ours, epoch 12)", for logs and result files
 
 
+@dataclass
+class TrainedCheckpoint:
+    """A checkpoint file read but not yet made a model: what a caller needs to choose the model's size."""
+    path: str
+    contents: Dict[str, Any]          # load_checkpoint's dict (holds "state_dict")
+    config: Optional[Dict[str, Any]]  # the config saved in our checkpoints; None for the authors' files
+    description: str
+
+    @property
+    def image_size(self) -> Optional[Sequence[int]]:
+        """The (H, W) the model was trained for, when the file says (ours); None for the authors' files."""
+        return (self.config or {}).get("image_size")
+
+
+def read_trained_checkpoint(path: Union[str, os.PathLike], *, trusted: bool = False) -> TrainedCheckpoint:
+    """Read our checkpoint, the authors' ``{'state_dict': ...}`` file or a bare state dict
+    (CheckpointError when missing or unreadable; ``trusted`` as in :func:`load_trained_model`)."""
+    path = os.fspath(path)
+    ckpt = load_checkpoint(path, trusted=trusted)
+    ours = is_our_checkpoint(ckpt)
+    epoch = ckpt.get("epoch")
+    kind = "ours" if ours else "authors'/plain state dict"
+    return TrainedCheckpoint(path=path, contents=ckpt, config=ckpt.get("config") if ours else None,
+                             description=f"{path} ({kind}{'' if epoch is None else f', epoch {epoch}'})")
+
+
+def model_from_checkpoint(trained: TrainedCheckpoint, image_size: Sequence[int],
+                          device: Union[str, torch.device] = "cpu") -> LoadedModel:
+    """The VIPMT built for ``image_size`` (H, W) with the checkpoint's weights, in eval mode on ``device``
+    (CheckpointError naming every missing / unexpected / wrongly shaped parameter)."""
+    from models import VIPMT  # noqa: WPS433 - keeps `import vipmt.loading` light for --help
+
+    device = device if isinstance(device, torch.device) else resolve_device(str(device))
+    model = VIPMT(backbone_weights=None, image_size=tuple(image_size))   # the checkpoint holds the backbone
+    load_model_state(model, trained.contents["state_dict"], source=f"checkpoint {trained.path!r}",
+                     hint=CHECKPOINT_HINT)
+    return LoadedModel(model=model.to(device).eval(), config=trained.config, description=trained.description)
+
+
 def load_trained_model(path: Union[str, os.PathLike], *, device: Union[str, torch.device] = "cpu",
                        image_size: Optional[Sequence[int]] = None, trusted: bool = False) -> LoadedModel:
     """Load our checkpoint, the authors' ``{'state_dict': ...}`` file or a bare state dict.
@@ -36,18 +76,7 @@ def load_trained_model(path: Union[str, os.PathLike], *, device: Union[str, torc
     hold arbitrary pickled objects. A missing or unreadable file, or weights that do not fit
     (every missing / unexpected / wrongly shaped parameter named), raise CheckpointError.
     """
-    from models import VIPMT  # noqa: WPS433 - keeps `import vipmt.loading` light for --help
-
-    path = os.fspath(path)
-    device = device if isinstance(device, torch.device) else resolve_device(str(device))
-    ckpt = load_checkpoint(path, trusted=trusted)
-    ours = is_our_checkpoint(ckpt)
-    saved = ckpt.get("config") if ours else None
+    trained = read_trained_checkpoint(path, trusted=trusted)
     if image_size is None:
-        image_size = (saved or {}).get("image_size") or DEFAULTS.image_size
-    model = VIPMT(backbone_weights=None, image_size=tuple(image_size))   # the checkpoint holds the backbone
-    load_model_state(model, ckpt["state_dict"], source=f"checkpoint {path!r}", hint=CHECKPOINT_HINT)
-    epoch = ckpt.get("epoch")
-    kind = "ours" if ours else "authors'/plain state dict"
-    description = f"{path} ({kind}{'' if epoch is None else f', epoch {epoch}'})"
-    return LoadedModel(model=model.to(device).eval(), config=saved, description=description)
+        image_size = trained.image_size or DEFAULTS.image_size
+    return model_from_checkpoint(trained, image_size, device)

@@ -34,9 +34,9 @@ from utils.runtime import EXIT_FAILURE, EXIT_INTERRUPTED, UserError, resolve_dev
 from .build import (AMP_DTYPE, CONFIG_FILE, LAST_CHECKPOINT, LOG_FILE, backbone_weights_path, build_training_data,
                     build_training_parts, require_dataset, run_directory)
 from .cli import resolve_config
-from .evaluation import validate_episodes
 from .hooks import Checkpointer, default_hooks
 from .training import Trainer, TrainingError
+from .validation import ValidationHook, validate_episodes
 
 __all__ = ["find_resume_checkpoint", "has_resumable_run", "RunDirectoryHold", "StopSignals", "run_training"]
 
@@ -312,7 +312,7 @@ def _build_trainer(cfg, dist_info: du.DistInfo, device, run_dir: str,
     validate = functools.partial(validate_episodes, data=data, cfg=cfg, device=device, dist_info=dist_info,
                                  amp=parts.scaler.is_enabled())
     trainer = Trainer(cfg, device=device, dist_info=dist_info, parts=parts, data=data, checkpointer=checkpointer,
-                      hooks=default_hooks(run_dir, validate=validate, checkpointer=checkpointer))
+                      hooks=default_hooks(run_dir, validation=ValidationHook(validate), checkpointer=checkpointer))
     if resume_ckpt is not None:
         checkpointer.restore(trainer, resume_ckpt)
     amp = f"on ({AMP_DTYPE}, loss scale {parts.scaler.get_scale():g})" if parts.scaler.is_enabled() else "off"

@@ -39,6 +39,7 @@ from utils.runtime import RANK_SEED_STRIDE, seed_everything
 from .build import (TrainingData, TrainingParts, amp_autocast, available_cpus, backbone_weights_path,
                     build_training_data, build_training_parts)
 from .hooks import Checkpointer, HookBase, default_hooks
+from .validation import ValidationHook, validate_episodes
 
 __all__ = ["TrainingError", "TrainerState", "StepResult", "Trainer"]
 
@@ -243,7 +244,8 @@ class Trainer:
             checkpointer = Checkpointer(run_dir, dist_info)
         self.checkpointer = checkpointer
         if hooks is None:
-            hooks = [] if run_dir is None else default_hooks(run_dir, validate=self.validate, checkpointer=checkpointer)
+            hooks = [] if run_dir is None else default_hooks(run_dir, validation=ValidationHook(self.validate),
+                                                             checkpointer=checkpointer)
         self.hooks: List[HookBase] = list(hooks)
         self.state = TrainerState()
         self.stop_after: Optional[int] = None
@@ -337,8 +339,6 @@ class Trainer:
     # -------------------------------------------------------------- validation
     def validate(self, model: Optional[torch.nn.Module] = None) -> Dict[str, Any]:
         """Mean class IoU on the val split: the three-clip scheme in eval mode (GT-mask memory)."""
-        from .evaluation import validate_episodes  # noqa: WPS433 - evaluation is test.py's, loaded when used
-
         return validate_episodes(self.model if model is None else model, self.data, self.cfg, device=self.device,
                                  dist_info=self.dist, amp=self.use_amp)
 
