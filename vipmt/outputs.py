@@ -16,7 +16,8 @@ Nothing is lost, whatever fails (a full disk, EIO, an unreadable frame, Ctrl-C, 
 * only then are the earlier outputs moved aside (``.predict.old.<token>``) and the staged ones
   renamed into place; a failure part-way moves everything back. A kill -9 between those renames
   is finished (staging complete) or rolled back (staging incomplete) by the next run's start,
-  which also deletes what a killed run staged; ``--overwrite`` or not.
+  which also deletes what a killed run staged; ``--overwrite`` or not (the recovery comes before
+  the check that refuses a non-empty folder without ``--overwrite``).
 """
 from __future__ import annotations
 
@@ -56,8 +57,28 @@ def _is_own(name: str) -> bool:
     return name in OWN_NAMES or name.startswith((STAGING_PREFIX, RETIRED_PREFIX, LEGACY_STAGING_PREFIX))
 
 
-def check_output_folder(out_dir: str, overwrite: bool) -> None:
-    """Refuse, before any model is loaded, an --output that cannot be written or holds other files."""
+def _dangling_link(out_dir: str) -> "str | None":
+    """The dangling symbolic link among --output and its missing parents (the first that exists), else None."""
+    path = os.path.abspath(out_dir)
+    while not os.path.exists(path):
+        if os.path.islink(path):
+            return path
+        parent = os.path.dirname(path)
+        if parent == path:
+            return None
+        path = parent
+    return None
+
+
+def check_output_folder(out_dir: str, overwrite: bool, recovered: str = "") -> None:
+    """Refuse, before any model is loaded, an --output that cannot be written or holds other files
+    (`recovered`: what the recovery of a killed run's swap just did, for the refusal)."""
+    link = _dangling_link(out_dir)
+    if link is not None:
+        where = "" if link == os.path.abspath(out_dir) else f" ({link!r}, on its path)"
+        raise UserError(f"--output {out_dir!r} is a dangling symbolic link{where}: it points to "
+                        f"{os.readlink(link)!r}, which does not exist. Create that folder, remove the link, or "
+                        f"choose another --output")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise UserError(f"--output {out_dir!r} is a file; expected a folder for masks/, overlay.mp4 and predictions.json")
     reason = unwritable_reason(out_dir)
@@ -65,7 +86,8 @@ def check_output_folder(out_dir: str, overwrite: bool) -> None:
         raise UserError(f"cannot write into --output {out_dir!r}: {reason}")
     existing = sorted(n for n in os.listdir(out_dir) if not _is_own(n)) if os.path.isdir(out_dir) else []
     if existing and not overwrite:
-        raise UserError(f"--output {out_dir!r} is not empty ({', '.join(existing[:5])}{', ...' if len(existing) > 5 else ''}); "
+        raise UserError(f"--output {out_dir!r} is not empty ({', '.join(existing[:5])}{', ...' if len(existing) > 5 else ''}"
+                        f"{f'; {recovered}' if recovered else ''}); "
                         f"pass --overwrite to replace an earlier run's outputs, or choose an empty folder")
 
 
@@ -99,11 +121,17 @@ class PredictionOutputs:
 
     # ------------------------------------------------------------ start and end
     def __enter__(self) -> "PredictionOutputs":
-        check_output_folder(self.out_dir, self.overwrite)       # before the lock creates the folder
-        self._lock.acquire()
+        # before the lock creates the folder; a swap that a killed run left half done is recovered
+        # (under the lock) before the folder's emptiness is judged, --overwrite or not
+        check_output_folder(self.out_dir, self.overwrite or self._swap_interrupted())
         try:
-            self._recover()
-            check_output_folder(self.out_dir, self.overwrite)   # what a crashed run's swap left counts too
+            self._lock.acquire()
+        except OSError as exc:       # e.g. a full disk while the lock writes its record
+            self._remove_created_folder()
+            raise write_error(self._lock.path, exc) from None
+        try:
+            recovered = self._recover()
+            check_output_folder(self.out_dir, self.overwrite, recovered)   # what a crashed run's swap left counts too
         except BaseException:
             self._release()
             raise
@@ -111,6 +139,23 @@ class PredictionOutputs:
 
     def __exit__(self, *exc_info) -> None:
         self._release()
+
+    def _swap_interrupted(self) -> bool:
+        try:
+            return any(name.startswith(RETIRED_PREFIX) for name in os.listdir(self.out_dir))
+        except OSError:
+            return False
+
+    def _remove_created_folder(self) -> None:
+        """After a failed start: the folder this run created goes, if nothing but the lock file is in it."""
+        if not self._created:
+            return
+        try:
+            if os.listdir(self.out_dir) == [LOCK_FILE]:
+                os.unlink(self._lock.path)
+            os.rmdir(self.out_dir)
+        except OSError:
+            pass
 
     def _release(self) -> None:
         """Release the lock; a folder this run created and left empty goes (the lock file last, still held)."""
@@ -128,8 +173,10 @@ class PredictionOutputs:
             return
         self._lock.release()
 
-    def _recover(self) -> None:
-        """Finish or roll back a swap that a killed run left half done; delete what killed runs staged."""
+    def _recover(self) -> str:
+        """Finish or roll back a swap that a killed run left half done; delete what killed runs staged.
+        Returns what was done to the outputs ("" if nothing)."""
+        done = ""
         names = os.listdir(self.out_dir)
         for name in names:
             if not name.startswith(RETIRED_PREFIX):
@@ -138,10 +185,12 @@ class PredictionOutputs:
             staging = os.path.join(self.out_dir, STAGING_PREFIX + name[len(RETIRED_PREFIX):])
             if os.path.isfile(os.path.join(staging, COMPLETE_MARKER)):
                 self._swap_in(staging, retired)
+                done = "the outputs of a run that was killed while it swapped them in, completed just now"
                 logger.warning("%s: finished replacing the outputs (a run was killed while it swapped them in)",
                                self.out_dir)
             else:
                 self._restore(retired)
+                done = "the earlier outputs, restored just now from a run that was killed while it swapped them out"
                 logger.warning("%s: restored the earlier outputs (a run was killed while it swapped them out)",
                                self.out_dir)
             shutil.rmtree(retired, ignore_errors=True)
@@ -149,6 +198,7 @@ class PredictionOutputs:
             if name.startswith((STAGING_PREFIX, LEGACY_STAGING_PREFIX)):
                 shutil.rmtree(os.path.join(self.out_dir, name), ignore_errors=True)
                 logger.info("removed %s (the unfinished outputs of a run that was killed)", name)
+        return done
 
     # ------------------------------------------------------------ writing
     def write(self, results: Iterable, *, fps: float, meta: Callable[[], Mapping[str, Any]]) -> int:
