@@ -37,7 +37,7 @@ from .loading import load_trained_model
 from .session import ClassesSession, FrameResult, PendingFramesWarning, Session, unletterbox
 from .video import VideoSource, open_video
 
-__all__ = ["Predictor", "Session", "ClassesSession", "FrameResult", "PendingFramesWarning", "VIPMTError",
+__all__ = ["Predictor", "check_settings", "Session", "ClassesSession", "FrameResult", "PendingFramesWarning", "VIPMTError",
            "InputError", "VideoSource", "open_video", "prepare_supports", "read_image", "unletterbox"]
 
 logger = logging.getLogger(__name__)
@@ -63,6 +63,17 @@ def _per_video_supports(support_images: Any, support_masks: Any, count: int) -> 
     return list(zip(support_images, support_masks))
 
 
+def check_settings(*, memory_threshold: float | None = None, memory_size: int | None = None,
+                   memory_pool_size: int | None = None, clip_length: int | None = None) -> None:
+    """InputError for a Predictor setting out of range (None: not given, not checked)."""
+    if memory_threshold is not None and not 0.0 <= memory_threshold <= 1.0:
+        raise InputError(f"memory_threshold={memory_threshold}: expected a value in [0, 1]")
+    for key, value, least in (("memory_size", memory_size, 1), ("memory_pool_size", memory_pool_size, 0),
+                              ("clip_length", clip_length, 1)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
+            raise InputError(f"{key}={value!r}: expected an integer >= {least}")
+
+
 class Predictor:
     """Segments videos with a trained VIPMT (see the module docstring for an example).
 
@@ -84,12 +95,8 @@ class Predictor:
                  memory_size: int = DEFAULTS.memory_size,
                  memory_pool_size: int = DEFAULTS.predictor_memory_pool_size,
                  clip_length: int = DEFAULTS.clip_length, bf16: bool = DEFAULTS.test_bf16, seed: int = DEFAULTS.seed):
-        if not 0.0 <= memory_threshold <= 1.0:
-            raise InputError(f"memory_threshold={memory_threshold}: expected a value in [0, 1]")
-        for key, value, least in (("memory_size", memory_size, 1), ("memory_pool_size", memory_pool_size, 0),
-                                  ("clip_length", clip_length, 1)):
-            if not isinstance(value, int) or value < least:
-                raise InputError(f"{key}={value!r}: expected an integer >= {least}")
+        check_settings(memory_threshold=memory_threshold, memory_size=memory_size,
+                       memory_pool_size=memory_pool_size, clip_length=clip_length)
         self.segmenter = VideoSegmenter(model, clip_length=clip_length, memory_threshold=memory_threshold,
                                         memory_size=memory_size, memory_pool_size=memory_pool_size,
                                         autocast_dtype=torch.bfloat16 if bf16 else None)
