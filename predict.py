@@ -48,6 +48,9 @@ PREDICT_KEYS = CHECKPOINT_KEYS + ("predictor_memory_pool_size", "test_bf16", "se
 
 def build_parser():
     parser = script_parser(__doc__)
+    parser.epilog = (f"{parser.epilog}\n\nconfig values: predict.py reads only the keys listed above. The checkpoint's "
+                     f"config gives the defaults of {', '.join(CHECKPOINT_KEYS)}; the defaults shown apply to "
+                     f"files without one (the authors'). A --config FILE may hold other keys (not used, logged).")
     add_config_arguments(parser, exclude=[key for key in DEFAULTS if key not in PREDICT_KEYS],
                          aliases=False, data_root=False)
     add_config_option(parser, "--memory-pool-size", "predictor_memory_pool_size",
