@@ -46,6 +46,14 @@ CHECKPOINT_KEYS = ("image_size", "clip_length", "memory_size", "memory_threshold
 PREDICT_KEYS = CHECKPOINT_KEYS + ("predictor_memory_pool_size", "test_bf16", "seed", "device")
 
 
+FLAGS = {
+    "--trust-checkpoint": "allow checkpoints with arbitrary pickled objects (files you trust only)",
+    "--overwrite": "replace the outputs of an earlier run in --output (refused without it)",
+    "--allow-truncated": "a video file that ends before its declared frame count (cut short, or a frame that does "
+                         "not decode): keep the frames read (logged, and in predictions.json) instead of the error",
+}
+
+
 def build_parser():
     parser = script_parser(__doc__)
     parser.epilog = (f"{parser.epilog}\n\nconfig values: predict.py reads only the keys listed above. The checkpoint's "
@@ -71,14 +79,8 @@ def build_parser():
     parser.add_argument("--support-masks", nargs="+", action="append", required=True, metavar="PNG",
                         help="one mask per support image, same order")
     parser.add_argument("--output", required=True, metavar="DIR")
-    parser.add_argument("--trust-checkpoint", action="store_true",
-                        help="allow checkpoints with arbitrary pickled objects (files you trust only)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace the outputs of an earlier run in --output (refused without it)")
-    parser.add_argument("--allow-truncated", action="store_true",
-                        help="a video file that ends before its declared frame count (cut short, or a frame "
-                             "that does not decode): keep the frames read (logged, and in predictions.json) "
-                             "instead of the error")
+    for flag, text in FLAGS.items():
+        parser.add_argument(flag, action="store_true", help=text)
     return parser
 
 
