@@ -5,9 +5,12 @@ The authors' loop re-runs the backbone on the supports and on every memory frame
 are encoded once per video, and a query frame that turns out reliable (predicted score >=
 threshold) is encoded as a memory frame from the features it already has.
 
-Videos stream: `VideoSegmenter.start` encodes the supports and returns a `VideoSession`, whose
-`step` segments one clip at a time, so a video of any length never has to be in memory.
-`VideoSegmenter.segment` runs a session over a whole video tensor. The authors' protocol,
+Videos stream: `VideoSegmenter.start` encodes the supports and returns a `VideoSession` (the
+model's state of one video: supports, memory pool), whose `step` segments one clip at a time,
+so a video of any length never has to be in memory. `VideoSegmenter.segment` runs a session
+over a whole video tensor; `step_many` steps several videos in one batched forward;
+`step_classes` steps several sessions of one video (e.g. one per object class) on one backbone
+pass over the clip. The authors' protocol,
 re-encoding everything every clip, is kept as a reference in benchmarks/recompute.py.
 """
 from __future__ import annotations
@@ -182,7 +185,8 @@ class VideoSegmenter:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def _autocast(self):
+    def autocast(self):
+        """The context every forward of this segmenter runs in (mixed precision, or nothing)."""
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
@@ -197,7 +201,7 @@ class VideoSegmenter:
         if support_img.dim() != 4 or support_mask.dim() != 4 or len(support_img) != len(support_mask):
             raise ModelError(f"expected support_img [S,3,H,W] and support_mask [S,1,H,W]; got "
                              f"{list(support_img.shape)} and {list(support_mask.shape)}")
-        with self._autocast():
+        with self.autocast():
             return self.model.encode_support(self._features(support_img), support_mask.to(self.device)[None])
 
     def start(self, support_img: torch.Tensor, support_mask: torch.Tensor,
@@ -244,8 +248,8 @@ class VideoSegmenter:
         for clip_frames in clips:
             check_clip(clip_frames, self.clip_length)
         results: list[ClipResult | None] = [None] * len(sessions)
-        with self._autocast():
-            supports = [session._clip_support() for session in sessions]
+        with self.autocast():
+            supports = [session.next_support() for session in sessions]
             groups: dict = {}
             for index, (clip_frames, support) in enumerate(zip(clips, supports)):
                 groups.setdefault((len(clip_frames), support_layout(support)), []).append(index)
@@ -254,9 +258,35 @@ class VideoSegmenter:
                 clip = self.model.predict_clip(features, stack_supports([supports[i] for i in members]))
                 for row, index in enumerate(members):
                     part = slice(row, row + 1)
-                    results[index] = sessions[index]._finish_clip(
+                    results[index] = sessions[index].finish_clip(
                         {k: v[part] for k, v in features.items()}, clip.pred[part], clip.score[part],
                         clip.query_tokens[part])
+        return results
+
+    @torch.inference_mode()
+    def step_classes(self, sessions: "list[VideoSession]", clip_frames: torch.Tensor,
+                     probabilities: bool = False) -> list[ClipResult]:
+        """The next clip of one video for several sessions (e.g. one per object class, each with its
+        own supports, memory and generator): clip_frames [t,3,H,W] normalised, 1 <= t <= clip_length
+        -> one ClipResult per session, in order.
+
+        The backbone encodes the clip once; each session's forward then reads that same feature
+        tensor, one session at a time (batch 1, nothing stacked), so each result is exactly the
+        one `sessions[i].step(clip_frames)` gives: `VideoSession.step` is this method with one
+        session. probabilities: also return each pixel's foreground probability, the float32
+        softmax (outside autocast) of the logits `pred` is the argmax of.
+        """
+        check_clip(clip_frames, self.clip_length)
+        results, logits = [], []
+        with self.autocast():
+            features = self._features(clip_frames)
+            for session in sessions:
+                clip = self.model.predict_clip(features, session.next_support())
+                results.append(session.finish_clip(features, clip.pred, clip.score, clip.query_tokens))
+                logits.append(clip.full_logits if probabilities else None)
+        for result, full_logits in zip(results, logits):
+            if full_logits is not None:
+                result.probability = full_logits[0].float().softmax(dim=1)[:, 1].cpu()
         return results
 
     def segment_many(self, videos: Iterable["QueryVideo"], video_batch: int) -> Iterator[tuple[Any, VideoPrediction]]:
@@ -290,13 +320,18 @@ class VideoSegmenter:
 
 
 class VideoSession:
-    """One video being segmented clip by clip (from `VideoSegmenter.start`).
+    """The model's state of one video being segmented clip by clip (from `VideoSegmenter.start`).
 
     Holds the supports' encoding (`supports`: a caller may replace it between steps, e.g. to add
     an annotated correction), the memory pool (one `MemoryFrame` per reliable frame, or the
     `memory_pool_size` most recent ones) and the previous clip's reliable frames' backbone
-    features until the next `step` (the last clip's frames are never encoded: no clip reads
-    them). Nothing else of the video is kept.
+    features until the next clip (the last clip's frames are never encoded: no clip reads
+    them). Nothing else of the video is kept: the frames are the caller's.
+
+    A clip is `step` (the whole of it), or its two halves for a caller that runs the model
+    itself on several sessions at once (`VideoSegmenter.step_many`, `VideoSegmenter.step_classes`):
+    `next_support()`, the model's forward against it, then `finish_clip(...)`, once per clip, in
+    this order.
     """
 
     def __init__(self, segmenter: VideoSegmenter, supports: SupportEncoding, generator: torch.Generator | None):
@@ -306,33 +341,27 @@ class VideoSession:
         self.memory_pool: list[MemoryFrame] = []
         self._reliable = None       # (backbone features, predicted masks, tokens) of the last clip's reliable frames
 
-    @torch.inference_mode()
     def step(self, clip_frames: torch.Tensor, probabilities: bool = False) -> ClipResult:
         """The next clip of the video: clip_frames [t,3,H,W] normalised, 1 <= t <= clip_length.
         probabilities: also return each pixel's foreground probability (ClipResult.probability)."""
-        segmenter = self.segmenter
-        check_clip(clip_frames, segmenter.clip_length)
-        with segmenter._autocast():
-            support = self._clip_support()
-            features = segmenter._features(clip_frames)
-            clip = segmenter.model.predict_clip(features, support)
-            result = self._finish_clip(features, clip.pred, clip.score, clip.query_tokens)
-        # outside autocast: float32 softmax of the very logits `pred` is the argmax of
-        if probabilities:
-            result.probability = clip.full_logits[0].float().softmax(dim=1)[:, 1].cpu()
-        return result
+        return self.segmenter.step_classes([self], clip_frames, probabilities)[0]
 
-    def _clip_support(self) -> SupportEncoding:
-        """The supports plus this clip's memory draw (after encoding the previous clip's reliable frames)."""
+    @torch.inference_mode()
+    def next_support(self) -> SupportEncoding:
+        """This clip's supports plus its memory draw (from this session's generator), after the
+        previous clip's reliable frames join the pool (a later clip exists now)."""
         segmenter = self.segmenter
-        self._encode_reliable()
+        with segmenter.autocast():
+            self._encode_reliable()
         memory = draw_memory(self.memory_pool, segmenter.memory_size, self.generator) if segmenter.use_memory else []
         return SupportEncoding.cat([self.supports, *(m.unpack() for m in memory)]) if memory else self.supports
 
-    def _finish_clip(self, features: dict, pred: torch.Tensor, score: torch.Tensor,
-                     query_tokens: torch.Tensor) -> ClipResult:
+    @torch.inference_mode()
+    def finish_clip(self, features: dict, pred: torch.Tensor, score: torch.Tensor,
+                    query_tokens: torch.Tensor) -> ClipResult:
         """Keep the clip's reliable frames for the next clip. features {'k': [1,t,...]}, pred
-        [1,t,H,W], score [1,t], query_tokens [1,t,hw,c] -> ClipResult."""
+        [1,t,H,W], score [1,t], query_tokens [1,t,hw,c] (the forward against `next_support()`'s
+        encoding) -> ClipResult."""
         segmenter = self.segmenter
         if segmenter.use_memory:
             keep = (score[0] >= segmenter.memory_threshold).nonzero().flatten().tolist()
@@ -342,7 +371,7 @@ class VideoSession:
         return ClipResult(pred=pred[0].cpu(), score=score[0].float().cpu())
 
     def _encode_reliable(self) -> None:
-        """Encode the previous clip's reliable frames into the pool: a later clip exists now."""
+        """Encode the previous clip's reliable frames into the pool."""
         if self._reliable is None:
             return
         features, masks, tokens = self._reliable

@@ -124,3 +124,31 @@ def test_several_videos_per_pass_equal_one_at_a_time(model, options):
         assert result.pred.shape == (lengths[k], *SIZE)
         assert torch.equal(result.pred, alone[k].pred), k
         torch.testing.assert_close(result.score, alone[k].score, rtol=0, atol=1e-5)
+
+
+def test_step_classes_gives_each_session_the_authors_results_on_one_backbone_pass(model):
+    """Two sessions of one video with other supports (two classes), stepped together: each gives
+    the recompute path's masks for its supports alone (scores within 1e-5, as above) and exactly
+    its own `segment`, while the backbone sees each query frame once."""
+    frames, support_img, support_mask = video(50, 8)
+    other_img, other_mask = video(51, 1, shots=2)[1:]
+    options = dict(memory_threshold=0.0, memory_size=2)
+    segmenter = VideoSegmenter(model, **options)
+    supports = [(support_img, support_mask), (other_img, other_mask)]
+    sessions = [segmenter.start(*s, torch.Generator().manual_seed(11)) for s in supports]
+    seen = []
+    extract = model.extract_features
+    model.extract_features = lambda images: seen.append(images.shape[1]) or extract(images)
+    try:
+        clips = [segmenter.step_classes(sessions, frames[start:start + 5]) for start in (0, 5)]
+    finally:
+        del model.extract_features
+    assert seen == [5, 3]
+    for k, (img, mask) in enumerate(supports):
+        pred = torch.cat([clip[k].pred for clip in clips])
+        score = torch.cat([clip[k].score for clip in clips])
+        cached, recomputed = both_paths(model, frames, img, mask, **options)
+        assert torch.equal(pred, cached.pred) and torch.equal(score, cached.score)
+        assert torch.equal(pred, recomputed.pred)
+        torch.testing.assert_close(score, recomputed.score, rtol=0, atol=1e-5)
+    assert not torch.equal(clips[1][0].score, clips[1][1].score)

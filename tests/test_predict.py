@@ -365,3 +365,94 @@ def test_a_checkpoint_changed_on_disk_is_refused(workspace, tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"error: checkpoint {str(rotten)!r} is corrupt: archive member" in err and "CRC" in err
     assert not out.exists()
+
+
+# ---------------------------------------------------------------- issue 26 items 4 and 6
+KILL_MID_SWAP = """
+import os, sys
+sys.path.insert(0, {tests!r})
+import predict
+from vipmt import outputs
+real_move, moves = outputs._move, []
+
+def move(source, target):
+    moves.append(target)
+    if len(moves) == 2:                 # the first staged output is in place, the others are not
+        os._exit(137)                   # as kill -9: no cleanup runs
+    real_move(source, target)
+
+outputs._move = move
+sys.exit(predict.run(predict.main, {argv!r}))
+"""
+
+
+def argv_of(workspace, **changes) -> list:
+    root, checkpoint, video, supports, masks = workspace
+    args = {"--checkpoint": str(checkpoint), "--video": str(video), "--image-size": [str(s) for s in SIZE],
+            "--device": "cpu", "--support-images": supports, "--support-masks": masks}
+    args.update(changes)
+    return [part for key, value in args.items() if value is not None
+            for part in [key, *(value if isinstance(value, list) else [value])]]
+
+
+def test_a_run_killed_mid_swap_is_recovered_before_the_emptiness_check(workspace, tmp_path, capsys, caplog):
+    """kill -9 while the first run into an empty folder swaps its outputs in; the same command again
+    (no --overwrite) completes the swap first, then refuses to replace what is there, saying so."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    script = KILL_MID_SWAP.format(tests=os.path.dirname(__file__), argv=argv_of(workspace, **{"--output": str(out)}))
+    done = subprocess.run([sys.executable, "-c", script], cwd=os.path.dirname(os.path.dirname(__file__)),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 137, done.stderr[-2000:]
+    assert any(name.startswith(".predict.old.") for name in os.listdir(out))       # the swap is half done
+    assert run(workspace, **{"--output": str(out), "--overwrite": None}) == 2
+    err = capsys.readouterr().err
+    assert "finished replacing the outputs (a run was killed while it swapped them in)" in caplog.text
+    assert "the outputs of a run that was killed while it swapped them in, completed just now" in err
+    assert sorted(os.listdir(out)) == [".lock", "masks", "overlay.mp4", "predictions.json"]
+    report = json.loads((out / "predictions.json").read_text())
+    assert sorted(os.listdir(out / "masks")) == sorted(r["frame"] + ".png" for r in report["frames"])
+
+
+def test_a_dangling_output_link_is_named(workspace, tmp_path, capsys):
+    link = tmp_path / "out"
+    link.symlink_to(tmp_path / "gone" / "away")
+    assert run(workspace, **{"--output": str(link)}) == 2
+    err = capsys.readouterr().err
+    assert (f"error: --output {str(link)!r} is a dangling symbolic link: it points to "
+            f"{str(tmp_path / 'gone' / 'away')!r}, which does not exist") in err
+    assert run(workspace, **{"--output": str(link / "inside")}) == 2
+    assert f"({str(link)!r}, on its path)" in capsys.readouterr().err
+
+
+def test_a_full_disk_while_the_lock_writes_its_record_is_one_error_line(workspace, tmp_path, capsys, monkeypatch):
+    import errno
+
+    out = tmp_path / "good"
+    before = earlier_outputs(out)
+
+    def full(fd, data, offset):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", full)
+    assert run(workspace, **{"--output": str(out)}) == 2
+    err = capsys.readouterr().err
+    assert f"error: cannot write {str(out / '.lock')!r}: No space left on device" in err and "Traceback" not in err
+    assert snapshot(out) == before
+    assert run(workspace, **{"--output": str(tmp_path / "new")}) == 2
+    assert not (tmp_path / "new").exists()                       # the folder this run created goes
+
+
+def test_a_full_file_system_while_the_lock_writes_its_record(workspace, tmp_path, capsys):
+    from helpers import fill_filesystem, small_filesystem
+
+    with small_filesystem(tmp_path / "fs", 256) as fs:
+        out = fs / "good"
+        before = earlier_outputs(out)
+        fill_filesystem(fs, 0)
+        assert run(workspace, **{"--output": str(out)}) == 2
+        err = capsys.readouterr().err
+        assert "error:" in err and "No space left on device" in err and "Traceback" not in err
+        assert snapshot(out) == before

@@ -1,6 +1,7 @@
 """The VIPMT library layer: what the scripts (train.py, test.py, predict.py, demo.py, reproduce.py) share.
 
     from vipmt import Predictor      # segment any video from a few annotated images
+    from vipmt import VIPMTError     # the one base class of the API's errors (InputError, ...)
 
     vipmt.cli         command-line plumbing: the scripts' parser (every config key an option,
                       from config.cli), config resolution, user errors
@@ -15,9 +16,12 @@
     vipmt.segmenter   the video engine test.py runs, from the config (memory, precision, compile)
     vipmt.testrun     a whole test.py run: config, model under test, results file, lock
     vipmt.reproduce   every fold trained (or continued, or reused) and tested: the paper's table
-    vipmt.predictor   Predictor (segment, segment_many, start -> Session: one frame at a time) and
-                      the reading of videos and frame folders
-    vipmt.inputs      the Predictor's supports: images and masks read and checked (InputError)
+    vipmt.predictor   Predictor (segment, segment_classes, segment_many, start / start_classes)
+    vipmt.session     Session / ClassesSession: one video frame by frame, for one class or several
+    vipmt.video       the reading of videos, frame folders, arrays and tensors (VideoSource)
+    vipmt.inputs      frames and supports: images and masks read and checked
+    vipmt.errors      VIPMTError, the API's one base class of errors, and its kinds (InputError, ...)
+    vipmt.outputs     predict.py's output folder, written all or nothing
 
 It sits between the scripts and the packages below it (models, dataset, config, utils), which
 never import it.
@@ -50,6 +54,8 @@ def _use_repository_packages() -> None:
 
 _use_repository_packages()
 
+from .errors import InputError, VIPMTError  # noqa: E402
 from .predictor import Predictor  # noqa: E402
+from .session import PendingFramesWarning  # noqa: E402
 
-__all__ = ["Predictor"]
+__all__ = ["Predictor", "VIPMTError", "InputError", "PendingFramesWarning"]

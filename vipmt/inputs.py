@@ -1,5 +1,10 @@
-"""What the Predictor accepts as annotated supports: images and masks, read and checked, with
-errors that name the input and say what to give instead (vipmt.predictor reads the videos)."""
+"""What the Predictor accepts as frames and annotated supports: images and masks, read and
+checked, with errors that name the input and say what to give instead (vipmt.video reads videos).
+
+Arrays are numpy or torch: frames RGB uint8 [h, w, 3] (torch also [3, h, w]), masks [h, w] of
+0/1 or 0/255 (bool, integer or float). Frames are RGB: OpenCV reads BGR, so convert a cv2 frame
+first, `cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)` (paths are read here, in RGB).
+"""
 from __future__ import annotations
 
 import os
@@ -8,18 +13,33 @@ from typing import Any
 
 import cv2
 import numpy as np
+import torch
 
 from models.vipmt import SHOTS
-from utils.runtime import UserError
 
-__all__ = ["InputError", "MAX_SUPPORTS", "prepare_supports", "read_image"]
+from .errors import InputError
+
+__all__ = ["InputError", "MAX_SUPPORTS", "prepare_supports", "read_image", "as_rgb_frame"]
 
 MAX_SUPPORTS = SHOTS         # the model treats support frames beyond these as memory frames
 MASK_VALUES = ({0, 1}, {0, 255})
 
 
-class InputError(UserError, ValueError):
-    """A video, image or mask the predictor cannot use; the message names it and what was expected."""
+def _is_array(x: Any) -> bool:
+    return isinstance(x, (np.ndarray, torch.Tensor))
+
+
+def _from_torch(x: Any, channels_first: bool = False) -> Any:
+    """A torch tensor -> numpy (on the CPU; CHW -> HWC when `channels_first` and it reads as
+    [3, h, w]); anything else unchanged."""
+    if not isinstance(x, torch.Tensor):
+        return x
+    x = x.detach().cpu()
+    if x.dtype == torch.bfloat16 or x.dtype == torch.float16:
+        x = x.float()
+    if channels_first and x.dim() == 3 and x.shape[0] == 3 and x.shape[-1] != 3:
+        x = x.permute(1, 2, 0)
+    return x.numpy()
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -30,20 +50,29 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def _check_rgb(image: Any, label: str) -> np.ndarray:
+def as_rgb_frame(image: Any, label: str) -> np.ndarray:
+    """A frame (numpy RGB uint8 [h, w, 3], or a torch tensor [h, w, 3] / [3, h, w]) -> numpy
+    uint8 [h, w, 3]: the caller's array itself where it already is one (not a copy).
+    InputError naming `label` otherwise, with a hint for common near misses."""
+    torch_input = isinstance(image, torch.Tensor)
     if _is_path(image):     # support paths are read before this: a path here is a video frame
         raise InputError(f"{label} is a path ({os.fspath(image)!r}): a list of frame paths is not accepted as a "
                          f"video; give the folder that holds the frames (sorted by name) or a video file, or read "
                          f"the frames into RGB arrays first (vipmt.predictor.read_image)")
-    image = np.asarray(image)
+    image = np.asarray(_from_torch(image, channels_first=True))
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or min(image.shape[:2]) < 1:
-        raise InputError(f"{label} must be an RGB image, uint8 [h, w, 3]; got {image.dtype} {list(image.shape)}"
-                         f"{_rgb_hint(image)}")
+        expected = "uint8 [h, w, 3] or [3, h, w] (a torch tensor)" if torch_input else "uint8 [h, w, 3]"
+        raise InputError(f"{label} must be an RGB image, {expected}; got {image.dtype} {list(image.shape)}"
+                         f"{_rgb_hint(image, torch_input)}")
     return image
 
 
-def _rgb_hint(image: np.ndarray) -> str:
+def _rgb_hint(image: np.ndarray, torch_input: bool = False) -> str:
     """What to do with a common not-quite-RGB array."""
+    if image.ndim == 3 and image.shape[0] == 3 and image.shape[2] != 3 and not torch_input:
+        return " (channels first: a numpy frame is [h, w, 3], e.g. np.transpose(frame, (1, 2, 0)))"
+    if image.ndim == 3 and image.shape[2] == 3 and np.issubdtype(image.dtype, np.floating) and torch_input:
+        return " (floats: scale to 0-255 and convert, e.g. (frame * 255).round().to(torch.uint8))"
     if image.ndim == 2:
         return " (a grayscale image: repeat it into 3 channels, e.g. np.repeat(gray[..., None], 3, axis=2))"
     if image.ndim == 3 and image.shape[2] == 4:
@@ -61,8 +90,8 @@ def _read_mask(path: str) -> np.ndarray:
 
 
 def _binary_mask(mask: Any, label: str, image_label: str, image_shape: tuple) -> np.ndarray:
-    """A 0/255 or 0/1 mask -> 0/1 uint8 [h, w], checked against its support image."""
-    mask = np.asarray(mask)
+    """A 0/255 or 0/1 mask (numpy or torch) -> 0/1 uint8 [h, w], checked against its support image."""
+    mask = np.asarray(_from_torch(mask))
     if mask.dtype == bool:
         mask = mask.astype(np.uint8)
     if mask.ndim != 2 or not (np.issubdtype(mask.dtype, np.integer) or np.issubdtype(mask.dtype, np.floating)):
@@ -88,10 +117,11 @@ def _is_path(x: Any) -> bool:
 
 
 def _as_list(items: Any, single_ndim: int, what: str) -> list:
-    """A path, an array (a stack if it has `single_ndim` + 1 dims, else one item) or a sequence -> list."""
+    """A path, an array (numpy or torch: a stack if it has `single_ndim` + 1 dims, else one item) or
+    a sequence -> list."""
     if _is_path(items):
         return [items]
-    if isinstance(items, np.ndarray):
+    if _is_array(items):
         return list(items) if items.ndim == single_ndim + 1 else [items]
     if not isinstance(items, Iterable):
         raise InputError(f"{what} must be paths or arrays (one, a list or a stack), got {type(items).__name__}")
@@ -101,8 +131,9 @@ def _as_list(items: Any, single_ndim: int, what: str) -> list:
 def prepare_supports(support_images: Any, support_masks: Any) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Read and check the annotated supports.
 
-    support_images: paths or RGB uint8 arrays [h, w, 3] (one, a list, or a stack [S, h, w, 3]);
-    support_masks: PNG paths or arrays [h, w] of 0/1 or 0/255 (bool too), one per image, of its size.
+    support_images: paths or RGB uint8 arrays [h, w, 3] (one, a list, or a stack [S, h, w, 3]; torch
+    tensors also [3, h, w] / [S, 3, h, w]); support_masks: PNG paths or arrays [h, w] of 0/1 or
+    0/255 (bool, integer or float; numpy or torch), one per image, of its size.
     Returns (RGB uint8 images, 0/1 uint8 masks). Raises InputError naming the bad input.
     """
     images, masks = _as_list(support_images, 3, "support images"), _as_list(support_masks, 2, "support masks")
@@ -117,9 +148,9 @@ def prepare_supports(support_images: Any, support_masks: Any) -> tuple[list[np.n
                          f"(no mask for {', '.join(image_labels[len(masks):])})")
     if len(masks) > len(images):
         stacked = (f" (one array {list(support_masks.shape)} is read as a stack of {len(masks)} masks [S, h, w]; "
-                   f"give a list of 2-D masks [h, w])" if isinstance(support_masks, np.ndarray) else "")
+                   f"give a list of 2-D masks [h, w])" if _is_array(support_masks) else "")
         raise InputError(f"{len(masks)} masks for {len(images)} support images{stacked}; give one mask per image")
-    rgb = [read_image(x) if _is_path(x) else _check_rgb(x, label) for x, label in zip(images, image_labels)]
+    rgb = [read_image(x) if _is_path(x) else as_rgb_frame(x, label) for x, label in zip(images, image_labels)]
     binary = []
     for i, (mask, image, image_label) in enumerate(zip(masks, rgb, image_labels)):
         label = f"support mask {os.fspath(mask)!r}" if _is_path(mask) else f"support mask {i + 1}"

@@ -1,4 +1,5 @@
-"""predict.py's outputs: masks/<frame>.png, overlay.mp4 and predictions.json, all or nothing.
+"""predict.py's outputs: masks/<frame>.png (masks/<class>/<frame>.png per class), overlay.mp4 and
+predictions.json, all or nothing.
 
     with PredictionOutputs(out_dir, overwrite=True) as outputs:   # checks, locks, cleans up a crashed run
         ...load the model...
@@ -16,7 +17,8 @@ Nothing is lost, whatever fails (a full disk, EIO, an unreadable frame, Ctrl-C, 
 * only then are the earlier outputs moved aside (``.predict.old.<token>``) and the staged ones
   renamed into place; a failure part-way moves everything back. A kill -9 between those renames
   is finished (staging complete) or rolled back (staging incomplete) by the next run's start,
-  which also deletes what a killed run staged; ``--overwrite`` or not.
+  which also deletes what a killed run staged; ``--overwrite`` or not (the recovery comes before
+  the check that refuses a non-empty folder without ``--overwrite``).
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ import os
 import secrets
 import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Iterable, List, Mapping
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import cv2
 
@@ -47,7 +49,9 @@ STAGING_PREFIX = ".predict.staging."     # + token: the outputs being written
 RETIRED_PREFIX = ".predict.old."         # + the same token: the earlier outputs during the swap
 LEGACY_STAGING_PREFIX = ".masks.partial."   # what earlier versions staged
 COMPLETE_MARKER = ".complete"            # in a staging folder: every output is written and verified
-OVERLAY_COLOR_RGB = (255, 0, 0)          # the object in red in overlay.mp4
+# overlay.mp4: the object in red; with several classes, one colour each, in this order (then again)
+CLASS_COLORS_RGB = ((255, 0, 0), (0, 200, 0), (0, 90, 255), (255, 200, 0), (200, 0, 255), (0, 220, 220),
+                    (255, 120, 0), (140, 90, 40))
 FSYNC_THREADS = 4                        # masks flushed to disk in parallel with the segmentation
 OWN_NAMES = (LOCK_FILE,)                 # our files that do not make a folder "not empty"
 
@@ -56,8 +60,28 @@ def _is_own(name: str) -> bool:
     return name in OWN_NAMES or name.startswith((STAGING_PREFIX, RETIRED_PREFIX, LEGACY_STAGING_PREFIX))
 
 
-def check_output_folder(out_dir: str, overwrite: bool) -> None:
-    """Refuse, before any model is loaded, an --output that cannot be written or holds other files."""
+def _dangling_link(out_dir: str) -> "str | None":
+    """The dangling symbolic link among --output and its missing parents (the first that exists), else None."""
+    path = os.path.abspath(out_dir)
+    while not os.path.exists(path):
+        if os.path.islink(path):
+            return path
+        parent = os.path.dirname(path)
+        if parent == path:
+            return None
+        path = parent
+    return None
+
+
+def check_output_folder(out_dir: str, overwrite: bool, recovered: str = "") -> None:
+    """Refuse, before any model is loaded, an --output that cannot be written or holds other files
+    (`recovered`: what the recovery of a killed run's swap just did, for the refusal)."""
+    link = _dangling_link(out_dir)
+    if link is not None:
+        where = "" if link == os.path.abspath(out_dir) else f" ({link!r}, on its path)"
+        raise UserError(f"--output {out_dir!r} is a dangling symbolic link{where}: it points to "
+                        f"{os.readlink(link)!r}, which does not exist. Create that folder, remove the link, or "
+                        f"choose another --output")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise UserError(f"--output {out_dir!r} is a file; expected a folder for masks/, overlay.mp4 and predictions.json")
     reason = unwritable_reason(out_dir)
@@ -65,8 +89,14 @@ def check_output_folder(out_dir: str, overwrite: bool) -> None:
         raise UserError(f"cannot write into --output {out_dir!r}: {reason}")
     existing = sorted(n for n in os.listdir(out_dir) if not _is_own(n)) if os.path.isdir(out_dir) else []
     if existing and not overwrite:
-        raise UserError(f"--output {out_dir!r} is not empty ({', '.join(existing[:5])}{', ...' if len(existing) > 5 else ''}); "
+        raise UserError(f"--output {out_dir!r} is not empty ({', '.join(existing[:5])}{', ...' if len(existing) > 5 else ''}"
+                        f"{f'; {recovered}' if recovered else ''}); "
                         f"pass --overwrite to replace an earlier run's outputs, or choose an empty folder")
+
+
+def class_color(number: int) -> Tuple[int, int, int]:
+    """The overlay colour (RGB) of the class given in position ``number`` (0: red)."""
+    return CLASS_COLORS_RGB[number % len(CLASS_COLORS_RGB)]
 
 
 def _checked(path: str, call: Callable, *args, **kwargs):
@@ -99,11 +129,17 @@ class PredictionOutputs:
 
     # ------------------------------------------------------------ start and end
     def __enter__(self) -> "PredictionOutputs":
-        check_output_folder(self.out_dir, self.overwrite)       # before the lock creates the folder
-        self._lock.acquire()
+        # before the lock creates the folder; a swap that a killed run left half done is recovered
+        # (under the lock) before the folder's emptiness is judged, --overwrite or not
+        check_output_folder(self.out_dir, self.overwrite or self._swap_interrupted())
         try:
-            self._recover()
-            check_output_folder(self.out_dir, self.overwrite)   # what a crashed run's swap left counts too
+            self._lock.acquire()
+        except OSError as exc:       # e.g. a full disk while the lock writes its record
+            self._remove_created_folder()
+            raise write_error(self._lock.path, exc) from None
+        try:
+            recovered = self._recover()
+            check_output_folder(self.out_dir, self.overwrite, recovered)   # what a crashed run's swap left counts too
         except BaseException:
             self._release()
             raise
@@ -111,6 +147,23 @@ class PredictionOutputs:
 
     def __exit__(self, *exc_info) -> None:
         self._release()
+
+    def _swap_interrupted(self) -> bool:
+        try:
+            return any(name.startswith(RETIRED_PREFIX) for name in os.listdir(self.out_dir))
+        except OSError:
+            return False
+
+    def _remove_created_folder(self) -> None:
+        """After a failed start: the folder this run created goes, if nothing but the lock file is in it."""
+        if not self._created:
+            return
+        try:
+            if os.listdir(self.out_dir) == [LOCK_FILE]:
+                os.unlink(self._lock.path)
+            os.rmdir(self.out_dir)
+        except OSError:
+            pass
 
     def _release(self) -> None:
         """Release the lock; a folder this run created and left empty goes (the lock file last, still held)."""
@@ -128,8 +181,10 @@ class PredictionOutputs:
             return
         self._lock.release()
 
-    def _recover(self) -> None:
-        """Finish or roll back a swap that a killed run left half done; delete what killed runs staged."""
+    def _recover(self) -> str:
+        """Finish or roll back a swap that a killed run left half done; delete what killed runs staged.
+        Returns what was done to the outputs ("" if nothing)."""
+        done = ""
         names = os.listdir(self.out_dir)
         for name in names:
             if not name.startswith(RETIRED_PREFIX):
@@ -138,10 +193,12 @@ class PredictionOutputs:
             staging = os.path.join(self.out_dir, STAGING_PREFIX + name[len(RETIRED_PREFIX):])
             if os.path.isfile(os.path.join(staging, COMPLETE_MARKER)):
                 self._swap_in(staging, retired)
+                done = "the outputs of a run that was killed while it swapped them in, completed just now"
                 logger.warning("%s: finished replacing the outputs (a run was killed while it swapped them in)",
                                self.out_dir)
             else:
                 self._restore(retired)
+                done = "the earlier outputs, restored just now from a run that was killed while it swapped them out"
                 logger.warning("%s: restored the earlier outputs (a run was killed while it swapped them out)",
                                self.out_dir)
             shutil.rmtree(retired, ignore_errors=True)
@@ -149,34 +206,44 @@ class PredictionOutputs:
             if name.startswith((STAGING_PREFIX, LEGACY_STAGING_PREFIX)):
                 shutil.rmtree(os.path.join(self.out_dir, name), ignore_errors=True)
                 logger.info("removed %s (the unfinished outputs of a run that was killed)", name)
+        return done
 
     # ------------------------------------------------------------ writing
-    def write(self, results: Iterable, *, fps: float, meta: Callable[[], Mapping[str, Any]]) -> int:
-        """Stream ``results`` (FrameResults with frames) into masks/, overlay.mp4 (H.264) and
-        predictions.json, replacing the earlier outputs only once all are written; returns the
-        number of frames. ``meta()`` gives predictions.json's other fields, asked for once every
-        frame is read. WriteError for a failed write (the earlier outputs stay as they were)."""
+    def write(self, results: Iterable, *, fps: float, meta: Callable[[], Mapping[str, Any]],
+              classes: Optional[Sequence[str]] = None) -> int:
+        """Stream ``results`` into masks/, overlay.mp4 (H.264) and predictions.json, replacing the
+        earlier outputs only once all are written; returns the number of frames.
+
+        ``results``: FrameResults with frames, or with ``classes`` (names) one dict {name:
+        FrameResult} per frame: then masks/<name>/<frame>.png, one colour per class in the
+        overlay (:data:`CLASS_COLORS_RGB`, in order) and predictions.json's ``classes[name]``
+        gets the class's ``color`` and ``frames``. ``meta()`` gives predictions.json's other
+        fields (with ``classes``: a ``classes`` mapping of each class's own fields), asked for
+        once every frame is read. WriteError for a failed write (the earlier outputs stay as they were)."""
         token = secrets.token_hex(4)
         staging = os.path.join(self.out_dir, STAGING_PREFIX + token)
         try:
             try:
                 os.mkdir(staging)
                 os.mkdir(os.path.join(staging, MASKS))        # the umask's mode, like every other output
+                for name in classes or ():
+                    os.mkdir(os.path.join(staging, MASKS, name))
             except OSError as exc:
                 raise write_error(staging, exc) from None
-            count = self._write_staged(staging, results, fps, meta)
+            count = self._write_staged(staging, results, fps, meta, classes)
             self._swap_in(staging, os.path.join(self.out_dir, RETIRED_PREFIX + token))
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return count
 
-    def _write_staged(self, staging: str, results: Iterable, fps: float, meta: Callable[[], Mapping[str, Any]]) -> int:
+    def _write_staged(self, staging: str, results: Iterable, fps: float, meta: Callable[[], Mapping[str, Any]],
+                      classes: Optional[Sequence[str]]) -> int:
         # The masks are fsync'ed on threads while the next frames are segmented (~5-9 ms each on
         # a local disk); their failures surface below, before anything is swapped in.
         with ThreadPoolExecutor(max_workers=FSYNC_THREADS) as flusher:
             flushes: List[Future] = []
-            count, sizes, writer = self._write_frames(staging, results, fps, meta, flusher, flushes)
+            count, sizes, writer = self._write_frames(staging, results, fps, meta, classes, flusher, flushes)
             for flush in flushes:
                 flush.result()                    # WriteError naming the mask whose fsync failed
         self._verify(staging, sizes, frames=count, video_frames=None if writer is None else writer.frames_written)
@@ -184,31 +251,50 @@ class PredictionOutputs:
         return count
 
     def _write_frames(self, staging: str, results: Iterable, fps: float, meta: Callable[[], Mapping[str, Any]],
-                      flusher: ThreadPoolExecutor, flushes: List[Future]):
-        writer, records, sizes = None, [], {}
+                      classes: Optional[Sequence[str]], flusher: ThreadPoolExecutor, flushes: List[Future]):
+        writer, sizes, count = None, {}, 0
+        records: Dict[Optional[str], list] = {name: [] for name in (classes or [None])}
         video_path = os.path.join(staging, VIDEO)
         try:
-            for result in results:
+            for frame_results in results:
+                by_class = frame_results if classes is not None else {None: frame_results}
+                frame = next(iter(by_class.values())).frame
                 if writer is None:
-                    writer = _checked(video_path, VideoWriter.open, video_path, fps=fps, size=result.frame.shape[:2])
-                mask_path = os.path.join(staging, MASKS, f"{result.name}.png")
-                ok, encoded = cv2.imencode(".png", result.mask * 255)
-                if not ok:  # pragma: no cover - PNG encoding of a uint8 array does not fail
-                    raise UserError(f"cannot encode the mask of frame {result.name!r} as PNG")
-                write_file_checked(mask_path, encoded.tobytes(), fsync=False)
-                flushes.append(flusher.submit(fsync_file, mask_path))
-                sizes[mask_path] = len(encoded)
-                _checked(video_path, writer.write, tint(result.frame, result.mask, OVERLAY_COLOR_RGB))
-                records.append({"frame": result.name, "score": result.score,
-                                "object_fraction": float(result.mask.mean())})
+                    writer = _checked(video_path, VideoWriter.open, video_path, fps=fps, size=frame.shape[:2])
+                overlay = frame
+                for number, (name, result) in enumerate(by_class.items()):
+                    folder = os.path.join(staging, MASKS) if name is None else os.path.join(staging, MASKS, name)
+                    sizes.update(self._write_mask(os.path.join(folder, f"{result.name}.png"), result.mask,
+                                                  flusher, flushes))
+                    overlay = tint(overlay, result.mask, class_color(number))
+                    records[name].append({"frame": result.name, "score": result.score,
+                                          "object_fraction": float(result.mask.mean())})
+                _checked(video_path, writer.write, overlay)
+                count += 1
             if writer is not None:
                 _checked(video_path, writer.close)
         except BaseException:
             if writer is not None:
                 writer.abort()
             raise
-        atomic_write_json(os.path.join(staging, REPORT), {**meta(), "frames": records})
-        return len(records), sizes, writer
+        report = dict(meta())
+        if classes is None:
+            report["frames"] = records[None]
+        else:
+            report["classes"] = {name: {**report.get("classes", {}).get(name, {}), "color": list(class_color(number)),
+                                        "frames": records[name]} for number, name in enumerate(classes)}
+        atomic_write_json(os.path.join(staging, REPORT), report)
+        return count, sizes, writer
+
+    @staticmethod
+    def _write_mask(path: str, mask, flusher: ThreadPoolExecutor, flushes: List[Future]) -> Dict[str, int]:
+        """One 0/1 mask as a 0/255 PNG (fsync'ed on a thread); {path: its size} for the verification."""
+        ok, encoded = cv2.imencode(".png", mask * 255)
+        if not ok:  # pragma: no cover - PNG encoding of a uint8 array does not fail
+            raise UserError(f"cannot encode the mask {path!r} as PNG")
+        write_file_checked(path, encoded.tobytes(), fsync=False)
+        flushes.append(flusher.submit(fsync_file, path))
+        return {path: len(encoded)}
 
     @staticmethod
     def _verify(staging: str, sizes: Mapping[str, int], *, frames: int, video_frames) -> None:
