@@ -395,9 +395,10 @@ def argv_of(workspace, **changes) -> list:
             for part in [key, *(value if isinstance(value, list) else [value])]]
 
 
-def test_a_run_killed_mid_swap_is_recovered_before_the_emptiness_check(workspace, tmp_path, capsys, caplog):
+def test_a_run_killed_mid_swap_is_recovered_and_the_same_command_then_runs(workspace, tmp_path, capsys, caplog):
     """kill -9 while the first run into an empty folder swaps its outputs in; the same command again
-    (no --overwrite) completes the swap first, then refuses to replace what is there, saying so."""
+    (no --overwrite) completes the swap first, then runs and replaces those outputs with its own,
+    saying so (issue 26: it used to refuse "not empty")."""
     import subprocess
     import sys
 
@@ -407,13 +408,30 @@ def test_a_run_killed_mid_swap_is_recovered_before_the_emptiness_check(workspace
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 137, done.stderr[-2000:]
     assert any(name.startswith(".predict.old.") for name in os.listdir(out))       # the swap is half done
-    assert run(workspace, **{"--output": str(out), "--overwrite": None}) == 2
-    err = capsys.readouterr().err
+    killed_report = json.loads(next((out / name / "predictions.json") for name in os.listdir(out)
+                                    if name.startswith(".predict.staging.")).read_text())
+    assert run(workspace, **{"--output": str(out), "--overwrite": None}) == 0
     assert "finished replacing the outputs (a run was killed while it swapped them in)" in caplog.text
-    assert "the outputs of a run that was killed while it swapped them in, completed just now" in err
+    assert "this run replaces the outputs of the run that was killed" in caplog.text
     assert sorted(os.listdir(out)) == [".lock", "masks", "overlay.mp4", "predictions.json"]
     report = json.loads((out / "predictions.json").read_text())
+    assert [r["frame"] for r in report["frames"]] == [r["frame"] for r in killed_report["frames"]]
     assert sorted(os.listdir(out / "masks")) == sorted(r["frame"] + ".png" for r in report["frames"])
+
+
+def test_earlier_outputs_restored_by_a_roll_back_still_need_overwrite(workspace, tmp_path, capsys):
+    """A swap cut before the staged outputs were complete is rolled back: the earlier outputs are
+    someone's finished work, so a run without --overwrite is refused, naming what was restored."""
+    out = tmp_path / "out"
+    assert run(workspace, **{"--output": str(out), "--overwrite": None}) == 0
+    retired = out / ".predict.old.1234abcd"
+    (out / ".predict.staging.1234abcd" / "masks").mkdir(parents=True)      # incomplete: no .complete
+    retired.mkdir()
+    os.replace(out / "predictions.json", retired / "predictions.json")     # moved aside, not yet back
+    assert run(workspace, **{"--output": str(out), "--overwrite": None}) == 2
+    err = capsys.readouterr().err
+    assert "not empty" in err and "the earlier outputs, restored just now" in err
+    assert (out / "predictions.json").is_file() and not retired.exists()
 
 
 def test_a_dangling_output_link_is_named(workspace, tmp_path, capsys):

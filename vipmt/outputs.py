@@ -18,7 +18,9 @@ Nothing is lost, whatever fails (a full disk, EIO, an unreadable frame, Ctrl-C, 
   renamed into place; a failure part-way moves everything back. A kill -9 between those renames
   is finished (staging complete) or rolled back (staging incomplete) by the next run's start,
   which also deletes what a killed run staged; ``--overwrite`` or not (the recovery comes before
-  the check that refuses a non-empty folder without ``--overwrite``).
+  the check that refuses a non-empty folder without ``--overwrite``). Outputs whose swap was
+  completed so are the killed run's: the next run replaces them without ``--overwrite`` (once its
+  own are written); earlier outputs restored by a roll-back still need ``--overwrite``.
 """
 from __future__ import annotations
 
@@ -54,6 +56,7 @@ CLASS_COLORS_RGB = ((255, 0, 0), (0, 200, 0), (0, 90, 255), (255, 200, 0), (200,
                     (255, 120, 0), (140, 90, 40))
 FSYNC_THREADS = 4                        # masks flushed to disk in parallel with the segmentation
 OWN_NAMES = (LOCK_FILE,)                 # our files that do not make a folder "not empty"
+SWAP_COMPLETED = "the outputs of a run that was killed while it swapped them in, completed just now"
 
 
 def _is_own(name: str) -> bool:
@@ -139,7 +142,15 @@ class PredictionOutputs:
             raise write_error(self._lock.path, exc) from None
         try:
             recovered = self._recover()
-            check_output_folder(self.out_dir, self.overwrite, recovered)   # what a crashed run's swap left counts too
+            # Outputs whose swap the recovery just completed are those of the killed run, which this
+            # run (most often the same command again) may replace: only once it has written and
+            # verified its own, so they are never lost. Earlier outputs restored by a roll-back are
+            # someone's finished work: they still need --overwrite.
+            replaceable = self.overwrite or recovered == SWAP_COMPLETED
+            if replaceable and not self.overwrite:
+                logger.warning("%s: this run replaces the outputs of the run that was killed while it swapped them "
+                               "in (completed just now) once its own are written", self.out_dir)
+            check_output_folder(self.out_dir, replaceable, recovered)   # what a crashed run's swap left counts too
         except BaseException:
             self._release()
             raise
@@ -193,7 +204,7 @@ class PredictionOutputs:
             staging = os.path.join(self.out_dir, STAGING_PREFIX + name[len(RETIRED_PREFIX):])
             if os.path.isfile(os.path.join(staging, COMPLETE_MARKER)):
                 self._swap_in(staging, retired)
-                done = "the outputs of a run that was killed while it swapped them in, completed just now"
+                done = SWAP_COMPLETED
                 logger.warning("%s: finished replacing the outputs (a run was killed while it swapped them in)",
                                self.out_dir)
             else:
