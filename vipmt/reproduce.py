@@ -46,6 +46,7 @@ from .cli import resolve_config
 from .evaluation import _stats as mean_and_std  # noqa: WPS450 - the one mean/std over runs (None, nan left out)
 from .evaluation import metric_names, results_path, run_test
 from .run import run_training
+from .rundir import run_contents
 
 __all__ = ["RESULTS_JSON", "RESULTS_MD", "REPRODUCE_LOG", "TABLE_METRICS", "results_folder", "FoldRun",
            "training_status", "current_test_results", "summarise", "results_markdown", "reproduce"]
@@ -110,20 +111,22 @@ def training_status(fold: FoldRun) -> str:
     """'finished', 'partial' (last.pth before the last epoch) or 'new' (nothing to continue).
 
     A finished or partial run must have been trained with this fold's run-defining settings
-    (config.RUN_DEFINING_KEYS): otherwise a UserError names the differences. A run directory with
-    best.pth but without last.pth counts as finished when its metrics.jsonl reached the last epoch.
+    (config.RUN_DEFINING_KEYS): otherwise a UserError names the differences. Whether a run is there
+    is vipmt.rundir's rule (any of last.pth, best.pth, epoch_NNN.pth, metrics.jsonl): a run directory
+    with best.pth but without last.pth counts as finished when its metrics.jsonl reached the last
+    epoch; any other trained run without last.pth is a UserError saying what is there.
     """
     last = os.path.join(fold.run_dir, LAST_CHECKPOINT)
-    best = os.path.join(fold.run_dir, BEST_CHECKPOINT)
-    if not os.path.isfile(last):
-        if not os.path.isfile(best):
+    contents = run_contents(fold.run_dir)
+    if not contents.resumable:
+        if not contents.trained:
             return "new"
         logged = _last_logged_epoch(fold.run_dir)
-        if logged is not None and logged >= fold.cfg.epochs:
+        if contents.best and logged is not None and logged >= fold.cfg.epochs:
             return "finished"
-        raise UserError(f"{fold.label}: {fold.run_dir!r} holds {BEST_CHECKPOINT} but no {LAST_CHECKPOINT}, and "
-                        f"its {METRICS_FILE} does not show the last epoch ({fold.cfg.epochs}): it cannot be "
-                        f"continued or told finished. Move it away, or choose another --output-dir")
+        raise UserError(f"{fold.label}: " + contents.refusal(
+            f"it cannot be continued, and its {METRICS_FILE} does not show the last epoch ({fold.cfg.epochs}) of a "
+            f"finished run", elsewhere="choose another --output-dir"))
     ckpt = _read_fields(last)
     saved = resolve_config(ckpt.get("config") or {}, {})
     cfg = resolve_config(saved, fold.values)             # what --auto-resume would run with
