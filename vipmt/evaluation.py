@@ -363,6 +363,7 @@ def run_test(values: Mapping[str, Any], *, checkpoint: Optional[str] = None, out
     (:func:`evaluate_split`; gloo on CPU, NCCL with one GPU per process) and rank 0 writes the
     JSON and the log; the aggregate records ``world_size``.
     """
+    env_rank()                        # a broken torchrun environment: one error before anything is written
     early = resolve_config({}, values)
     require_dataset(early)                                            # before loading any weights
     output = output or results_path(early, checkpoint)
