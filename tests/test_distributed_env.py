@@ -51,7 +51,7 @@ def test_world_size_without_rank_is_one_error_and_leaves_no_run_folder(data, tmp
     common = ["--data-root", data, "--device", "cpu", "--backbone-weights", "none", "--output-dir", tmp_path / "runs"]
     for script, extra in ((train, TINY), (test_script, ["--checkpoint", "none", "image_size=64,64"])):
         msg = error_of(script, common + extra, capsys)
-        assert "WORLD_SIZE=2" in msg and "RANK and MASTER_ADDR and MASTER_PORT are not set" in msg, msg
+        assert "WORLD_SIZE=2" in msg and "RANK, MASTER_ADDR and MASTER_PORT are not set" in msg, msg
         assert "not started by torchrun" in msg and "unset WORLD_SIZE RANK" in msg and "torchrun" in msg
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*"))
 

@@ -133,9 +133,9 @@ def distributed_env() -> DistEnv:
     if world_size > 1:
         missing = [name for name in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
         if missing:
-            raise _environment_error(f"WORLD_SIZE={world_size} asks for {world_size} processes, but "
-                                     f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set "
-                                     f"(torchrun sets all of them)")
+            names = missing[0] if len(missing) == 1 else ", ".join(missing[:-1]) + " and " + missing[-1]
+            raise _environment_error(f"WORLD_SIZE={world_size} asks for {world_size} processes, but {names} "
+                                     f"{'is' if len(missing) == 1 else 'are'} not set (torchrun sets all of them)")
         _int_variable("MASTER_PORT", 0, 1)
     local_rank = _int_variable("LOCAL_RANK", rank, 0) if world_size > 1 else 0
     return DistEnv(world_size=world_size, rank=rank, local_rank=local_rank)
