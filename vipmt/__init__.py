@@ -10,6 +10,8 @@
                       and TrainerState (where a run stands)
     vipmt.hooks       around the steps: validation, logging, checkpoints (Checkpointer), metrics file
     vipmt.run         a whole train.py run: run directory, resume config, DDP, signals, exit status
+    vipmt.rundir      what a run directory holds: the one rule for "a trained run is here"
+    vipmt.signals     the stop signals (Ctrl-C, SIGTERM, SIGUSR1, SIGHUP): stop after the step, save, exit 75
     vipmt.evaluation  the test protocol over a split: runs, aggregation, the metrics table;
                       training's validation
     vipmt.reproduce   every fold trained (or continued, or reused) and tested: the paper's table

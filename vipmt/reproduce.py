@@ -39,7 +39,7 @@ from utils.checkpoint import CheckpointError, load_checkpoint
 from utils.fileio import atomic_write_json, atomic_write_text, unwritable_reason
 from utils.log import setup_logging
 from utils.provenance import git_state
-from utils.runtime import EXIT_INTERRUPTED, UserError
+from utils.runtime import EXIT_STOPPED, UserError
 
 from .build import BEST_CHECKPOINT, LAST_CHECKPOINT, METRICS_FILE, run_directory
 from .cli import resolve_config
@@ -276,7 +276,7 @@ def reproduce(values: Mapping[str, Any], *, folds: Sequence[int], collect: bool 
     """Train (or continue, or reuse) and test each fold, then write results.json and results.md.
 
     ``values`` are explicit config values (vipmt.cli.explicit_values) shared by the folds; ``folds``
-    the groups. Returns the exit status: 0; 130 when interrupted (rerun the same command to
+    the groups. Returns the exit status: 0; 75 when a signal stopped training (rerun the same command to
     continue); 1 when a fold's training failed. ``collect``: train and test nothing, assemble the
     table from finished runs and current test results (UserError naming each fold that lacks them).
     """
@@ -301,7 +301,7 @@ def reproduce(values: Mapping[str, Any], *, folds: Sequence[int], collect: bool 
             _log_to(folder)
             if status != 0:
                 logger.warning("%s: training %s; rerun the same command to continue",
-                               fold.label, "interrupted" if status == EXIT_INTERRUPTED else "failed")
+                               fold.label, "stopped by a signal" if status == EXIT_STOPPED else "failed")
                 return status
             _test(fold, index, len(runs))
             _log_to(folder)
