@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from scripts_support import REPO, TINY, load_script, run, write_dataset
+from scripts_support import REPO, TINY, error_line, load_script, write_dataset
 
 train = load_script("train")
 test_script = load_script("test")
@@ -37,20 +37,11 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def error_of(script, argv, capsys):
-    status = run(script, argv)
-    err = capsys.readouterr().err
-    assert status == 2, err
-    lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
-
-
 def test_world_size_without_rank_is_one_error_and_leaves_no_run_folder(data, tmp_path, clean_env, capsys):
     clean_env.setenv("WORLD_SIZE", "2")
     common = ["--data-root", data, "--device", "cpu", "--backbone-weights", "none", "--output-dir", tmp_path / "runs"]
     for script, extra in ((train, TINY), (test_script, ["--checkpoint", "none", "image_size=64,64"])):
-        msg = error_of(script, common + extra, capsys)
+        msg = error_line(script, common + extra, capsys)
         assert "WORLD_SIZE=2" in msg and "RANK, MASTER_ADDR and MASTER_PORT are not set" in msg, msg
         assert "not started by torchrun" in msg and "unset WORLD_SIZE RANK" in msg and "torchrun" in msg
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*"))

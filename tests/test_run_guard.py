@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from scripts_support import TINY, load_script, run, write_dataset
+from scripts_support import TINY, error_line, load_script, write_dataset
 
 train = load_script("train")
 
@@ -16,15 +16,6 @@ train = load_script("train")
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return write_dataset(str(tmp_path_factory.mktemp("data") / "ytvis"))
-
-
-def error_of(argv, capsys):
-    status = run(train, argv)
-    err = capsys.readouterr().err
-    assert status == 2, err
-    lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 def trained_run_without_last(run_dir):
@@ -55,12 +46,12 @@ def test_a_fresh_start_and_auto_resume_refuse_a_trained_run_without_last_pth(dat
     before = trained_run_without_last(run_dir)
     argv = common(data, tmp_path / "runs") + ["--run-name", "fold1"]
     for extra in ([], ["--auto-resume"]):
-        msg = error_of(argv + extra, capsys)
+        msg = error_line(train, argv + extra, capsys)
         assert "holds best.pth (epoch 7), epoch_005.pth and metrics.jsonl (7 epochs) but no last.pth" in msg, msg
         assert "would overwrite them" in msg
         assert f"--resume-from {run_dir / 'best.pth'}" in msg and "--run-name" in msg and "move these files" in msg
         assert snapshot(run_dir) == before                      # best.pth, metrics.jsonl, ... byte-identical
-    msg = error_of(argv + ["--resume"], capsys)                  # --resume names what is there too
+    msg = error_line(train, argv + ["--resume"], capsys)                  # --resume names what is there too
     assert "--resume: " in msg and "but no last.pth" in msg and f"--resume-from {run_dir / 'best.pth'}" in msg
     assert snapshot(run_dir) == before
 
@@ -73,7 +64,7 @@ def test_any_trained_file_alone_is_a_run(data, tmp_path, capsys, leftover):
         if name != leftover:
             os.unlink(run_dir / name)
     before = snapshot(run_dir)
-    msg = error_of(common(data, tmp_path / "runs") + ["--run-name", "fold1", "--auto-resume"], capsys)
+    msg = error_line(train, common(data, tmp_path / "runs") + ["--run-name", "fold1", "--auto-resume"], capsys)
     assert f"holds {leftover}" in msg and "but no last.pth" in msg and "--resume-from" not in msg
     assert snapshot(run_dir) == before
 
@@ -84,7 +75,7 @@ def test_a_dangling_last_pth_symlink_is_refused_by_every_start(data, tmp_path, c
     os.symlink(tmp_path / "moved" / "last.pth", run_dir / "last.pth")
     argv = common(data, tmp_path / "runs") + ["--run-name", "fold1"]
     for extra in ([], ["--auto-resume"], ["--resume"]):
-        msg = error_of(argv + extra, capsys)
+        msg = error_line(train, argv + extra, capsys)
         assert f"last.pth, a symbolic link to '{tmp_path / 'moved' / 'last.pth'}', which does not exist" in msg, msg
         assert os.path.islink(run_dir / "last.pth") and snapshot(run_dir) == before
 
@@ -101,10 +92,10 @@ def test_a_start_that_died_before_training_may_start_again(data, tmp_path, capsy
         (run_dir / name).write_text("")
     contents = run_contents(str(run_dir))
     assert not contents.trained and not contents.resumable
-    msg = error_of(common(data, tmp_path / "runs") + ["--run-name", "fold1", "batch_size=100"], capsys)
+    msg = error_line(train, common(data, tmp_path / "runs") + ["--run-name", "fold1", "batch_size=100"], capsys)
     assert "batch_size=100" in msg and "holds" not in msg
-    msg = error_of(common(data, tmp_path / "runs") + ["--run-name", "fold1", "--auto-resume", "batch_size=100"],
-                   capsys)
+    msg = error_line(train, common(data, tmp_path / "runs") + ["--run-name", "fold1", "--auto-resume",
+                                                                "batch_size=100"], capsys)
     assert "batch_size=100" in msg
 
 

@@ -182,21 +182,29 @@ def _assert_stopped_mid_epoch(run_dir, sig, steps=6):
         in log, log[-2000:]
 
 
-@pytest.mark.slow
-def test_sigusr1_mid_epoch_saves_last_pth_and_exits_75(data, tmp_path):
-    proc = subprocess.Popen(_train_argv(data, tmp_path, "usr1"), cwd=REPO, env=_env(), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    out = Output(proc.stderr.fileno())
+def _signalled_after_first_step(argv, send, what, cwd=REPO):
+    """Run ``argv`` (train.py, or torchrun with it), its output to a pipe; call ``send(proc)`` once rank 0's
+    first step is done; wait for the end. Returns (exit status, output)."""
+    proc = subprocess.Popen(argv, cwd=str(cwd), env=_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    out = Output(proc.stdout.fileno())
     try:
-        out.wait_for(r"\| 1/6 \[", proc)                 # the first step is done
-        proc.send_signal(signal.SIGUSR1)
-        status = _finish(proc, "train.py after SIGUSR1")
+        out.wait_for(r"\| 1/6 \[", proc)                 # the progress bar after the first step
+        send(proc)
+        return _finish(proc, what), out.text
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait()
         out.close()
-    assert status == EXIT_STOPPED, out.text[-3000:]
-    assert "SIGUSR1: stopping after the current step and saving last.pth" in out.text and "Traceback" not in out.text
+
+
+@pytest.mark.slow
+def test_sigusr1_mid_epoch_saves_last_pth_and_exits_75(data, tmp_path):
+    status, text = _signalled_after_first_step(_train_argv(data, tmp_path, "usr1"),
+                                               lambda proc: proc.send_signal(signal.SIGUSR1), "train.py after SIGUSR1")
+    assert status == EXIT_STOPPED, text[-3000:]
+    assert "SIGUSR1: stopping after the current step and saving last.pth" in text and "Traceback" not in text
     _assert_stopped_mid_epoch(tmp_path / "usr1", "SIGUSR1")
 
 
@@ -230,23 +238,18 @@ def test_a_closed_terminal_sighup_saves_last_pth_and_exits_75(data, tmp_path):
     _assert_stopped_mid_epoch(tmp_path / "hup", "SIGHUP")
 
 
+def _ctrl_c_twice(proc):
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+
+
 @pytest.mark.slow
 def test_ctrl_c_delivered_twice_at_once_is_one_stop(data, tmp_path):
-    proc = subprocess.Popen(_train_argv(data, tmp_path, "twice"), cwd=REPO, env=_env(), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    out = Output(proc.stderr.fileno())
-    try:
-        out.wait_for(r"\| 1/6 \[", proc)
-        proc.send_signal(signal.SIGINT)
-        time.sleep(0.3)
-        proc.send_signal(signal.SIGINT)
-        status = _finish(proc, "train.py after two SIGINTs")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        out.close()
-    assert status == EXIT_STOPPED, out.text[-3000:]
-    assert "SIGINT again within 2 s: the same stop" in out.text
+    status, text = _signalled_after_first_step(_train_argv(data, tmp_path, "twice"), _ctrl_c_twice,
+                                               "train.py after two SIGINTs")
+    assert status == EXIT_STOPPED, text[-3000:]
+    assert "SIGINT again within 2 s: the same stop" in text
     _assert_stopped_mid_epoch(tmp_path / "twice", "SIGINT")
 
 
@@ -274,23 +277,16 @@ def test_slurm_order_under_torchrun_saves_last_pth(data, tmp_path):
     run_dir = tmp_path / "runs" / "slurm"
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"] + \
         _train_argv(data, tmp_path / "runs", "slurm", "num_workers=1", "episodes_per_class=4")[1:]
-    agent = subprocess.Popen(argv, cwd=str(tmp_path), env=_env(), stdin=subprocess.DEVNULL,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    out = Output(agent.stdout.fileno())
-    try:
-        out.wait_for(r"\| 1/6 \[", agent)                 # rank 0's bar: 12 episodes, 6 steps per rank
+
+    def slurm_order(agent):                    # rank 0's bar says 1/6: 12 episodes, 6 steps per rank
         workers = [pid for pid in _children(agent.pid) if "train.py" in open(f"/proc/{pid}/cmdline").read()]
         assert len(workers) == 2
-        for pid in workers:                               # each worker leads its process group (torchrun)
+        for pid in workers:                    # each worker leads its process group (torchrun)
             os.killpg(pid, signal.SIGTERM)
         time.sleep(1.0)
         agent.send_signal(signal.SIGTERM)
-        status = _finish(agent, "torchrun after SIGTERM")
-    finally:
-        if agent.poll() is None:
-            agent.kill()
-        out.close()
-    text = out.text
+
+    status, text = _signalled_after_first_step(argv, slurm_order, "torchrun after SIGTERM", cwd=tmp_path)
     # torchrun itself ends with status 1 and its SignalException traceback (torch's launcher, not ours)
     assert status >= 0, text[-3000:]                     # nobody died by the signal
     assert "exiting at once" not in text, text[-3000:]

@@ -180,7 +180,7 @@ def init_distributed(device_type: str = "cpu") -> DistInfo:
     timeout = rendezvous_timeout()
     backend = "nccl" if device_type == "cuda" else "gloo"
     if device_type == "cuda":
-        check_gpus_per_process(int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
+        check_gpus_per_process(_int_variable("LOCAL_WORLD_SIZE", world_size, 1))
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         store = _meet(rank, world_size, timeout)
