@@ -22,8 +22,9 @@ A run directory ``<output_dir>/<run_name>`` holds ``config.yaml``, ``train.log``
 epoch, and every ``checkpoint_every_iters`` iterations), ``best.pth`` and, every
 ``save_every`` epochs, ``epoch_NNN.pth`` (weights only unless periodic_checkpoint_full=true).
 All checkpoints are written atomically. One run at a time per directory (a second train.py on
-it is refused, naming the first one's pid and host). Ctrl-C (or SIGTERM) finishes the current
-step, saves last.pth and exits with status 130; --resume continues exactly. A resume may change
+it is refused, naming the first one's pid and host); a directory that holds a trained run is
+never started over. Ctrl-C, SIGTERM, SIGUSR1 or SIGHUP finishes the current step, saves
+last.pth and exits with status 75; --resume continues exactly. A resume may change
 lr, betas, weight_decay, epochs and the other settings that do not define the run; it refuses
 to change the ones that do (image_size, batch_size, group, ...: config/config.py marks them).
 """

@@ -95,3 +95,14 @@ def run(script, argv):
         for handler in list(root.handlers):
             root.removeHandler(handler)
             handler.close()
+
+
+def error_line(script, argv, capsys) -> str:
+    """Run a script that must refuse its input: exit status 2, exactly one ``error: ...`` line on stderr
+    and no traceback. Returns that line."""
+    status = run(script, argv)
+    err = capsys.readouterr().err
+    assert status == 2, err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]

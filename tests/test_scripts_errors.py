@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from scripts_support import TINY, load_script, run, write_dataset
+from scripts_support import error_line as error_of
 
 train = load_script("train")
 test_script = load_script("test")
@@ -13,15 +14,6 @@ test_script = load_script("test")
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return write_dataset(str(tmp_path_factory.mktemp("data") / "ytvis"))
-
-
-def error_of(script, argv, capsys):
-    status = run(script, argv)
-    err = capsys.readouterr().err
-    assert status == 2, err
-    lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 def test_missing_dataset_says_how_to_run_the_demo(tmp_path, capsys):

@@ -197,6 +197,8 @@ def test_torchrun_with_fewer_gpus_than_processes_is_one_clear_error(tmp_path, ca
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")           # torchrun sets them too (utils.distributed checks)
+    monkeypatch.setenv("MASTER_PORT", "29500")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert run(test_script, ["--data-root", tmp_path, "--checkpoint", "none", "--device", "cuda",

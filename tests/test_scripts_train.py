@@ -183,7 +183,7 @@ def test_periodic_checkpoints_hold_the_weights_only(straight):
     assert _load(run_dir / "epoch_001.pth")["epoch"] == 1
 
 
-def test_ctrl_c_saves_last_pth_exits_130_and_resume_continues_exactly(straight, tmp_path, capsys):
+def test_ctrl_c_saves_last_pth_exits_75_and_resume_continues_exactly(straight, tmp_path, capsys):
     common, straight_dir = straight
     argv = common + ["--run-name", "ctrl_c"]
     run_dir = straight_dir.parent / "ctrl_c"
@@ -194,7 +194,7 @@ def test_ctrl_c_saves_last_pth_exits_130_and_resume_continues_exactly(straight, 
         err = capsys.readouterr().err
         assert "is in use by another process" in err and f"pid {proc.pid} on host {socket.gethostname()}" in err
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=600) == 130
+        assert proc.wait(timeout=600) == 75                    # EXIT_STOPPED: last.pth saved, run again
     err = stderr_path.read_text()
     assert "Traceback" not in err and "SIGINT: stopping after the current step" in err
     stopped = _load(run_dir / "last.pth")
@@ -214,9 +214,17 @@ def test_second_ctrl_c_exits_at_once_without_saving(straight, tmp_path):
     # last.pth only at epoch ends: the first exists after epoch 1; the signals come inside epoch 2
     argv = with_overrides(common, "checkpoint_every_iters=0") + ["--run-name", "twice"]
     with _training_until(argv, run_dir / "last.pth", stderr_path) as proc:
+        while "epoch 2/2" not in stderr_path.read_text() and proc.poll() is None:     # epoch 2 has begun
+            time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
-        time.sleep(0.2)
+        while "SIGINT: stopping" not in stderr_path.read_text() and proc.poll() is None:
+            time.sleep(0.05)
+        # held still, so that its step cannot end, until the second Ctrl-C: 2 s or more after the first (a
+        # sooner one is the same Ctrl-C delivered twice, vipmt.signals)
+        proc.send_signal(signal.SIGSTOP)
+        time.sleep(2.5)
         proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGCONT)
         assert proc.wait(timeout=600) == 130
     err = stderr_path.read_text()
     assert "SIGINT again: exiting at once without saving" in err and "Traceback" not in err

@@ -14,14 +14,15 @@ from typing import Callable, Sequence, Tuple, Type
 import numpy as np
 import torch
 
-__all__ = ["UserError", "EXIT_USER_ERROR", "EXIT_FAILURE", "EXIT_INTERRUPTED", "resolve_device", "seed_everything",
-           "run_cli", "RANK_SEED_STRIDE", "reuse_freed_memory"]
+__all__ = ["UserError", "EXIT_USER_ERROR", "EXIT_FAILURE", "EXIT_STOPPED", "EXIT_INTERRUPTED", "resolve_device",
+           "seed_everything", "run_cli", "RANK_SEED_STRIDE", "reuse_freed_memory"]
 
 logger = logging.getLogger(__name__)
 
 EXIT_USER_ERROR = 2        # bad input the user can fix: "error: <message>", no traceback
 EXIT_FAILURE = 1           # the run failed (e.g. non-finite loss)
-EXIT_INTERRUPTED = 130     # stopped by SIGINT / SIGTERM (128 + SIGINT, as shells report Ctrl-C)
+EXIT_STOPPED = 75          # stopped by a signal after saving last.pth: run again to continue (sysexits.h EX_TEMPFAIL)
+EXIT_INTERRUPTED = 130     # interrupted without saving anything (128 + SIGINT, as shells report Ctrl-C)
 RANK_SEED_STRIDE = 100_003  # DDP rank r seeds with seed + r * stride (rank 0: the plain seed)
 
 

@@ -12,6 +12,8 @@
     vipmt.hooks       around the steps: logging, checkpoints (Checkpointer), metrics file
     vipmt.validation  training's validation (the val episodes) and its ValidationHook
     vipmt.run         a whole train.py run: run directory, resume config, DDP, signals, exit status
+    vipmt.rundir      what a run directory holds: the one rule for "a trained run is here"
+    vipmt.signals     the stop signals (Ctrl-C, SIGTERM, SIGUSR1, SIGHUP): stop after the step, save, exit 75
     vipmt.evaluation  the test protocol over a split: runs, aggregation, the metrics table
     vipmt.segmenter   the video engine test.py runs, from the config (memory, precision, compile)
     vipmt.testrun     a whole test.py run: config, model under test, results file, lock

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -22,6 +21,8 @@ from torch.utils.data import DataLoader
 from config import AUTO, dataset_root
 from utils import distributed as du
 from utils.runtime import UserError, seed_everything
+
+from .signals import ignore_stop_signals   # the workers leave Ctrl-C, SIGTERM, SIGUSR1, SIGHUP to the main process
 
 __all__ = ["LAST_CHECKPOINT", "BEST_CHECKPOINT", "CONFIG_FILE", "LOG_FILE", "TENSORBOARD_DIR", "METRICS_FILE",
            "SYNTHETIC_COMMANDS", "run_directory", "dataset_missing_message", "require_dataset",
@@ -126,13 +127,6 @@ def collate_episodes(items: List[Dict[str, Any]]) -> Dict[str, Any]:
     return out
 
 
-def worker_ignores_interrupts(worker_id: int) -> None:
-    """DataLoader workers: Ctrl-C reaches the whole process group, but only the main process decides
-    (it finishes the step and saves); SIGTERM keeps its default so the loader can still end a worker."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
 def available_cpus() -> int:
     """The CPUs this process may run on (its affinity mask, e.g. a cluster job's share)."""
     if hasattr(os, "sched_getaffinity"):
@@ -172,7 +166,7 @@ class EpochTaggedBatches:
 
 
 def build_train_loader(cfg, dataset, batch_sampler, *, device: torch.device, local_world_size: Optional[int] = None,
-                       worker_init_fn: Optional[Callable[[int], None]] = worker_ignores_interrupts) -> DataLoader:
+                       worker_init_fn: Optional[Callable[[int], None]] = ignore_stop_signals) -> DataLoader:
     """The training DataLoader, built once per run: ``num_workers`` (``auto`` resolved) persistent
     workers, pinned memory on CUDA (the step copies with ``non_blocking=True``), batches of
     :func:`collate_episodes`. Iterate it once per epoch after ``dataset.set_epoch`` and
@@ -211,7 +205,7 @@ class TrainingData:
         batches = [indices[i:i + size] for i in range(0, len(indices), size)]
         return DataLoader(self.val_set, batch_sampler=batches, num_workers=resolve_num_workers(self.cfg.num_workers),
                           collate_fn=collate_episodes, pin_memory=self.pin_memory,
-                          worker_init_fn=worker_ignores_interrupts)
+                          worker_init_fn=ignore_stop_signals)
 
     def check_files(self, dist_info: du.DistInfo) -> None:
         """check_data=true: rank 0 decodes every frame and mask that the train and val splits use;

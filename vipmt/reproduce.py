@@ -42,13 +42,14 @@ from utils.checkpoint import CheckpointError, corruption_reason, load_checkpoint
 from utils.fileio import atomic_write_json, atomic_write_text, unwritable_reason, write_error
 from utils.log import setup_logging
 from utils.provenance import git_state
-from utils.runtime import EXIT_INTERRUPTED, UserError
+from utils.runtime import EXIT_STOPPED, UserError
 
 from .build import BEST_CHECKPOINT, LAST_CHECKPOINT, METRICS_FILE, run_directory
 from .cli import resolve_config
 from .evaluation import metric_names
 from .fold_table import RESULTS_JSON, RESULTS_MD, results_markdown, summarise, test_results_problem
 from .run import run_training
+from .rundir import run_contents
 from .testrun import results_path, run_test
 
 __all__ = ["REPRODUCE_LOG", "results_folder", "FoldRun", "training_status", "check_trained_settings", "inspect_run",
@@ -123,20 +124,22 @@ def training_status(fold: FoldRun) -> str:
     """'finished', 'partial' (last.pth before the last epoch) or 'new' (nothing to continue).
 
     A finished or partial run must have been trained with this fold's run-defining settings
-    (config.RUN_DEFINING_KEYS): otherwise a UserError names the differences. A run directory with
-    best.pth but without last.pth counts as finished when its metrics.jsonl reached the last epoch.
+    (config.RUN_DEFINING_KEYS): otherwise a UserError names the differences. Whether a run is there
+    is vipmt.rundir's rule (any of last.pth, best.pth, epoch_NNN.pth, metrics.jsonl): a run directory
+    with best.pth but without last.pth counts as finished when its metrics.jsonl reached the last
+    epoch; any other trained run without last.pth is a UserError saying what is there.
     """
     last = os.path.join(fold.run_dir, LAST_CHECKPOINT)
-    best = os.path.join(fold.run_dir, BEST_CHECKPOINT)
-    if not os.path.isfile(last):
-        if not os.path.isfile(best):
+    contents = run_contents(fold.run_dir)
+    if not contents.resumable:
+        if not contents.trained:
             return "new"
         logged = _last_logged_epoch(fold.run_dir)
-        if logged is not None and logged >= fold.cfg.epochs:
+        if contents.best and logged is not None and logged >= fold.cfg.epochs:
             return "finished"
-        raise UserError(f"{fold.label}: {fold.run_dir!r} holds {BEST_CHECKPOINT} but no {LAST_CHECKPOINT}, and "
-                        f"its {METRICS_FILE} does not show the last epoch ({fold.cfg.epochs}): it cannot be "
-                        f"continued or told finished. Move it away, or choose another --output-dir")
+        raise UserError(f"{fold.label}: " + contents.refusal(
+            f"it cannot be continued, and its {METRICS_FILE} does not show the last epoch ({fold.cfg.epochs}) of a "
+            f"finished run", elsewhere="choose another --output-dir"))
     ckpt = _read_fields(last)
     saved = resolve_config(ckpt.get("config") or {}, {})
     cfg = resolve_config(saved, fold.values)             # what --auto-resume would run with
@@ -381,7 +384,7 @@ def reproduce(values: Mapping[str, Any], *, folds: Sequence[int], collect: bool 
     the groups. Every fold's run is checked before any trains (:func:`inspect_run`: a run trained
     with other settings than these is refused, naming both). Folds the existing table holds beyond
     ``folds`` stay in it when their runs and test results are current (:func:`_kept_folds`; else a
-    UserError, unless ``drop_other_folds``). Returns the exit status: 0; 130 when interrupted (rerun
+    UserError, unless ``drop_other_folds``). Returns the exit status: 0; 75 when a signal stopped training (rerun
     the same command to continue); 1 when a fold's training failed. ``collect``: train and test
     nothing, assemble the table from finished runs and current test results (UserError naming each
     fold that lacks them).
@@ -411,7 +414,7 @@ def reproduce(values: Mapping[str, Any], *, folds: Sequence[int], collect: bool 
             _log_to(folder)
             if status != 0:
                 logger.warning("%s: training %s; rerun the same command to continue",
-                               fold.label, "interrupted" if status == EXIT_INTERRUPTED else "failed")
+                               fold.label, "stopped by a signal" if status == EXIT_STOPPED else "failed")
                 return status
             _test(fold, index, len(runs))
             _log_to(folder)

@@ -1,26 +1,26 @@
 """A whole training run, as ``train.py`` runs it: config, run directory, DDP, signals, fit, exit status.
 
 :func:`run_training` checks every input that needs no model first (config, dataset root,
-backbone file, a writable run directory); rank 0 then holds the run directory
-(:class:`RunDirectoryHold`: a second run on it is refused, naming the holder) before the process
-group starts. Resuming, the checkpoint's saved config is the base and the command line's values
-go over it, except the run-defining keys (config.RUN_DEFINING_KEYS), which must not change.
+backbone file, a writable run directory, the torchrun environment); rank 0 then holds the run
+directory (:class:`RunDirectoryHold`: a second run on it is refused, naming the holder) before the
+process group starts. A new run is refused where a trained run is (:func:`vipmt.rundir.run_contents`:
+any of last.pth, best.pth, epoch_NNN.pth, metrics.jsonl), so nothing trained is overwritten.
+Resuming, the checkpoint's saved config is the base and the command line's values go over it,
+except the run-defining keys (config.RUN_DEFINING_KEYS), which must not change.
 
-SIGINT / SIGTERM (Ctrl-C, a cluster's preemption) during training finish the current step, write
-``last.pth`` and end the run with status 130 ("interrupted at epoch e, iteration i" in
-train.log); ``--resume`` continues bit-identically. A second signal exits at once, without
-saving (the previous ``last.pth`` is intact: writes are atomic).
+SIGINT, SIGTERM, SIGUSR1 and SIGHUP during training (:mod:`vipmt.signals`) finish the current
+step, write ``last.pth`` and end the run with status 75 (``EXIT_STOPPED``; "interrupted at epoch
+e, iteration i" in train.log); ``--resume`` / ``--auto-resume`` continue bit-identically. Only a
+second Ctrl-C, 2 s or more after the first, exits at once without saving (status 130; the
+previous ``last.pth`` is intact: writes are atomic).
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import os
-import signal
 import sys
-import threading
-from typing import Any, Iterator, List, Mapping, Optional, Sequence
+from typing import Any, List, Mapping, Optional, Sequence
 
 from config import (OPTIMIZER_KEYS, ConfigError, complete_saved_config, read_config_file, resume_changes, save_config,
                     update_config)
@@ -29,27 +29,30 @@ from utils.checkpoint import is_resumable, load_checkpoint
 from utils.fileio import WriteError, unwritable_reason
 from utils.log import FILE_ONLY, close_file_handlers, setup_logging
 from utils.runlock import LOCK_FILE, RunLock
-from utils.runtime import EXIT_FAILURE, EXIT_INTERRUPTED, UserError, resolve_device
+from utils.runtime import EXIT_FAILURE, EXIT_STOPPED, UserError, resolve_device
 
 from .build import (AMP_DTYPE, CONFIG_FILE, LAST_CHECKPOINT, LOG_FILE, backbone_weights_path, build_training_data,
                     build_training_parts, require_dataset, run_directory)
 from .cli import resolve_config
 from .hooks import Checkpointer, default_hooks
+from .rundir import run_contents
+from .signals import StopSignals
 from .training import Trainer, TrainingError
 from .validation import ValidationHook, validate_episodes
 
-__all__ = ["find_resume_checkpoint", "has_resumable_run", "RunDirectoryHold", "StopSignals", "run_training"]
+__all__ = ["find_resume_checkpoint", "has_resumable_run", "RunDirectoryHold", "run_training"]
 
 logger = logging.getLogger("train")
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def find_resume_checkpoint(cfg, resume_from: Optional[str]) -> str:
     """The checkpoint to continue: ``resume_from``, or the run directory's last.pth."""
     if not resume_from:
+        contents = run_contents(run_directory(cfg))
         path = os.path.join(run_directory(cfg), LAST_CHECKPOINT)
-        if not os.path.isfile(path):
+        if not contents.resumable and contents.trained:
+            raise UserError("--resume: " + contents.refusal("there is nothing to continue"))
+        if not contents.resumable:
             raise UserError(f"--resume: nothing to resume, {path!r} does not exist (the run "
                             f"{run_directory(cfg)!r} has not saved a checkpoint yet). Start without "
                             f"--resume, or name the run to continue: --resume-from CHECKPOINT, or "
@@ -61,8 +64,9 @@ def find_resume_checkpoint(cfg, resume_from: Optional[str]) -> str:
 
 
 def has_resumable_run(cfg) -> bool:
-    """Whether the run directory of ``cfg`` holds last.pth (what --auto-resume continues)."""
-    return os.path.isfile(os.path.join(run_directory(cfg), LAST_CHECKPOINT))
+    """Whether the run directory of ``cfg`` holds last.pth (what --auto-resume continues; without it,
+    a trained run there is refused by the fresh start's guard in :func:`run_training`)."""
+    return run_contents(run_directory(cfg)).resumable
 
 
 class RunDirectoryHold:
@@ -116,44 +120,6 @@ class RunDirectoryHold:
         self.lock.release()
 
 
-class StopSignals:
-    """SIGINT / SIGTERM while training: the first asks the loop to stop after the current step
-    (:meth:`received` names it), a second exits at once, without saving."""
-
-    def __init__(self, dist_info: du.DistInfo):
-        self.dist = dist_info
-        self.signal: Optional[int] = None
-
-    def received(self) -> Optional[int]:
-        return self.signal
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        name = signal.Signals(signum).name
-        if self.signal is not None:
-            os.write(2, f"\n{name} again: exiting at once without saving (last.pth holds the last "
-                        f"checkpoint)\n".encode())
-            os._exit(EXIT_INTERRUPTED)     # noqa: WPS421 - at once: no cleanup that could hang
-        self.signal = signum
-        if self.dist.is_main:              # written directly: logging is not safe inside a signal handler
-            os.write(2, f"\n{name}: stopping after the current step and saving last.pth (again: exit at "
-                        f"once, without saving)\n".encode())
-
-    @contextlib.contextmanager
-    def handled(self) -> Iterator["StopSignals"]:
-        """Route SIGINT / SIGTERM to this object inside the block (main thread only)."""
-        if threading.current_thread() is not threading.main_thread():
-            yield self
-            return
-        previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
-        for sig in STOP_SIGNALS:
-            signal.signal(sig, self._on_signal)
-        try:
-            yield self
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, signal.SIG_DFL if handler is None else handler)
-
-
 def _resolve_resumed_config(values: Mapping[str, Any], ckpt: Mapping[str, Any], run_dir: str):
     """(config to use, changes) for a resume; ConfigError for run-defining changes.
 
@@ -204,12 +170,15 @@ def run_training(values: Mapping[str, Any], *, resume: bool = False, resume_from
 
     ``values`` are explicit config values (vipmt.cli.explicit_values). ``auto_resume`` (train.py
     --auto-resume): resume when the run directory holds last.pth, start afresh otherwise, so that
-    torchrun --max-restarts or a requeued job can rerun the same command line. Returns the exit
-    status: 0, 1 when training failed, 130 when interrupted (last.pth saved).
+    torchrun --max-restarts or a requeued job can rerun the same command line; a trained run without
+    last.pth is refused, as by a fresh start. Returns the exit status: 0, 1 when training failed,
+    75 (EXIT_STOPPED) when a signal stopped it (last.pth saved); a Ctrl-C before training or a second
+    one raises KeyboardInterrupt / exits with 130.
     """
     if stop_after is not None and stop_after < 1:
         raise UserError(f"--stop-after {stop_after}: expected a number of optimizer steps >= 1 (the run stops, "
                         f"saving last.pth, once that many steps are done in total)")
+    du.distributed_env()                         # a broken torchrun environment: one error before anything else
     cfg = resolve_config({}, values)
     if auto_resume and (resume or resume_from):
         raise UserError("--auto-resume decides by itself whether to resume; give it without --resume / "
@@ -229,8 +198,9 @@ def run_training(values: Mapping[str, Any], *, resume: bool = False, resume_from
 
     hold = RunDirectoryHold(run_dir).acquire() if du.env_rank() == 0 else None
     try:
-        return _train_in(run_dir, cfg, values, hold=hold, checkpoint_path=checkpoint_path, stop_after=stop_after,
-                         command=command, auto_resume=auto_resume)
+        with StopSignals(announce=du.env_rank() == 0).handled() as signals:
+            return _train_in(run_dir, cfg, values, hold=hold, checkpoint_path=checkpoint_path, stop_after=stop_after,
+                             command=command, auto_resume=auto_resume, signals=signals)
     except BaseException:
         if hold is not None:
             hold.discard_failed_start()
@@ -240,10 +210,23 @@ def run_training(values: Mapping[str, Any], *, resume: bool = False, resume_from
             hold.release()
 
 
+def _refuse_trained_run(run_dir: str, *, auto_resume: bool) -> None:
+    """A new run must not start where a trained run is (vipmt.rundir): UserError saying what is there."""
+    contents = run_contents(run_dir)
+    if contents.resumable:
+        raise UserError(f"run directory {run_dir!r} already holds a checkpoint ({LAST_CHECKPOINT}); "
+                        f"pass --resume to continue it (--auto-resume: continue when there is one, else start; for "
+                        f"restarted jobs), or choose another --run-name / --output-dir")
+    if contents.trained:
+        raise UserError(contents.refusal("a new run would overwrite them" + (
+            f" (--auto-resume continues only a {LAST_CHECKPOINT})" if auto_resume else "")))
+
+
 def _train_in(run_dir: str, cfg, values: Mapping[str, Any], *, hold: Optional[RunDirectoryHold],
               checkpoint_path: Optional[str], stop_after: Optional[int], command: Sequence[str],
-              auto_resume: bool = False) -> int:
-    """The part of :func:`run_training` that runs with the run directory held (by rank 0)."""
+              signals: StopSignals, auto_resume: bool = False) -> int:
+    """The part of :func:`run_training` that runs with the run directory held (by rank 0) and the stop
+    signals routed to ``signals`` (a KeyboardInterrupt until training begins)."""
     resume_ckpt, changes = None, {}
     if checkpoint_path is not None:
         resume_ckpt = load_checkpoint(checkpoint_path)
@@ -252,10 +235,8 @@ def _train_in(run_dir: str, cfg, values: Mapping[str, Any], *, hold: Optional[Ru
                             f"project (it has no optimizer/epoch state); test it with test.py --checkpoint")
         cfg, changes = _resolve_resumed_config(values, resume_ckpt, run_dir)
         require_dataset(cfg)
-    elif os.path.exists(os.path.join(run_dir, LAST_CHECKPOINT)):
-        raise UserError(f"run directory {run_dir!r} already holds a checkpoint ({LAST_CHECKPOINT}); "
-                        f"pass --resume to continue it (--auto-resume: continue when there is one, else start; for "
-                        f"restarted jobs), or choose another --run-name / --output-dir")
+    else:
+        _refuse_trained_run(run_dir, auto_resume=auto_resume)
     dist_info = du.init_distributed(resolve_device(cfg.device).type)
     try:
         device = resolve_device(cfg.device, dist_info.local_rank)
@@ -281,8 +262,8 @@ def _train_in(run_dir: str, cfg, values: Mapping[str, Any], *, hold: Optional[Ru
         if changes:
             trainer.state.record_config_change(changes)
         try:
-            with StopSignals(dist_info).handled() as signals:
-                status = trainer.fit(stop_after=stop_after, stop_signal=signals.received)
+            signals.start_training()
+            status = trainer.fit(stop_after=stop_after, stop_signal=signals.received)
         except WriteError as exc:              # a full disk: every earlier checkpoint is intact (atomic writes)
             logger.error("error: %s", exc, extra=FILE_ONLY)     # the wrapper prints it on stderr
             raise
@@ -292,7 +273,7 @@ def _train_in(run_dir: str, cfg, values: Mapping[str, Any], *, hold: Optional[Ru
                 print(f"error: {exc}", file=sys.stderr)
             return EXIT_FAILURE
         if status == "interrupted":
-            return EXIT_INTERRUPTED
+            return EXIT_STOPPED
         if status == "finished" and dist_info.is_main:
             best = trainer.state
             logger.info("training finished: best mean class IoU %s at epoch %s; checkpoints in %s",

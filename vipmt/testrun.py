@@ -163,6 +163,7 @@ def run_test(values: Mapping[str, Any], *, checkpoint: Optional[str] = None, out
     (:func:`vipmt.evaluation.evaluate_split`; gloo on CPU, NCCL with one GPU per process) and rank
     0 writes the JSON and the log; the aggregate records ``world_size``.
     """
+    env_rank()                        # a broken torchrun environment: one error before anything is written
     cfg = resolve_config({}, values)                                  # the one resolution
     require_dataset(cfg)                                              # before loading any weights
     path = checkpoint_to_test(cfg, checkpoint)
