@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from config import AUTO, ConfigError, apply_overrides, get_config, update_config
-from dataset import DifferentClassBatchSampler, build_dataset
+from dataset import DifferentClassBatchSampler, EpisodeSpec, build_dataset
 from synthetic import write_synthetic_youtube_vis
 from vipmt.build import build_train_loader, resolve_num_workers
 
@@ -35,8 +35,8 @@ def test_persistent_workers_follow_the_epochs(tmp_path):
     # two epochs through 2 persistent workers give the batches the main process computes itself
     root = write_synthetic_youtube_vis(str(tmp_path / "ytvis"), seed=4, videos_per_class=2, frames_per_video=5,
                                        frame_size=(48, 64), num_categories=8)
-    dataset = build_dataset("youtube_vis", root=root, split="train", group=1, image_size=OUT, episodes_per_class=1,
-                            query_frames=5, support_shots=1)
+    dataset = build_dataset("youtube_vis", root=root, split="train", group=1,
+                            spec=EpisodeSpec(image_size=OUT, query_frames=5, support_shots=1), episodes_per_class=1)
     sampler = DifferentClassBatchSampler(dataset, batch_size=2, seed=0)
     cfg = update_config(get_config(), {"num_workers": 2, "seed": 0})
     loader = build_train_loader(cfg, dataset, sampler, device=torch.device("cpu"))

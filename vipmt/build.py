@@ -74,16 +74,13 @@ def require_dataset(cfg) -> str:
 
 
 def build_split(cfg, split: str, *, episodes_per_class: int, seed: int, augment: bool):
-    """The dataset of one split (train / val / test) of the configured dataset and fold."""
-    from dataset import build_dataset  # noqa: WPS433 - heavy import kept out of --help
+    """The dataset of one split (train / val / test) of the configured dataset and fold; its episodes
+    as the config says (:meth:`dataset.EpisodeSpec.from_config`)."""
+    from dataset import EpisodeSpec, build_dataset  # noqa: WPS433 - heavy import kept out of --help
 
     root = require_dataset(cfg)
-    return build_dataset(name=cfg.dataset, root=root, split=split, group=cfg.group,
-                         image_size=tuple(cfg.image_size), query_frames=cfg.query_frames,
-                         support_shots=cfg.support_shots, episodes_per_class=episodes_per_class,
-                         seed=seed, augment=augment, clip_length=cfg.clip_length,
-                         letterbox_per_frame=cfg.letterbox_per_frame, skip_empty_supports=cfg.skip_empty_supports,
-                         fast_augment=cfg.fast_augment)
+    return build_dataset(cfg.dataset, root=root, split=split, group=cfg.group, spec=EpisodeSpec.from_config(cfg),
+                         episodes_per_class=episodes_per_class, seed=seed, augment=augment)
 
 
 def backbone_weights_path(cfg, *, required: bool, warn: bool = True) -> Optional[str]:
