@@ -70,3 +70,28 @@ def test_the_config_key_fast_augment_reaches_the_training_split(tmp_path):
         val = build_split(cfg, "val", episodes_per_class=1, seed=0, augment=False)
         assert isinstance(train.transform, FastTrainTransform) == fast
         assert not isinstance(val.transform, FastTrainTransform)
+
+
+def test_every_episode_setting_of_the_config_reaches_each_split_through_one_spec(tmp_path):
+    # the settings used to be passed one by one through five signatures (fast_augment got lost once)
+    import dataclasses
+
+    from dataset.transforms import FastTrainTransform, TestTransform
+    from vipmt.build import build_split
+
+    root = write_synthetic_youtube_vis(str(tmp_path / "ytvis"), seed=4, videos_per_class=2, frames_per_video=6,
+                                       frame_size=(48, 64), num_categories=8)
+    changed = {"image_size": (64, 112), "query_frames": 6, "clip_length": 2, "support_shots": 2,
+               "letterbox_per_frame": True, "fast_augment": True, "skip_empty_supports": True}
+    assert set(changed) == {field.name for field in dataclasses.fields(EpisodeSpec)}
+    values = {**changed, "image_size": list(changed["image_size"])}
+    assert all(value != get_config()[key] for key, value in values.items())      # none is the default
+    cfg = update_config(get_config(), {**values, "youtube_vis_root": root})
+    splits = {split: build_split(cfg, split, episodes_per_class=1, seed=0, augment=split == "train")
+              for split in ("train", "val", "test")}
+    for split, dataset in splits.items():
+        assert dataset.spec == EpisodeSpec(**changed), split
+        assert isinstance(dataset.transform, FastTrainTransform if split == "train" else TestTransform)
+        assert dataset.transform.letterbox_per_frame
+    item = splits["train"][0]
+    assert item["query_img"].shape == (6, 3, 64, 112) and item["support_mask"].shape == (2, 1, 64, 112)

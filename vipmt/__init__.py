@@ -6,9 +6,10 @@
                       from config.cli), config resolution, user errors
     vipmt.build       datasets, model, optimizer and run directory from a resolved config
     vipmt.loading     load_trained_model: our checkpoints and the authors' files, one loader
-    vipmt.training    the training loop: Trainer (receives model, optimizer, scaler, data, hooks)
-                      and TrainerState (where a run stands)
-    vipmt.hooks       around the steps: validation, logging, checkpoints (Checkpointer), metrics file
+    vipmt.training    the training loop: Trainer (receives model, optimizer, scaler, episode, data,
+                      hooks; builds none), TrainerState (where a run stands), HookBase
+    vipmt.checkpointer  a run's checkpoints: Checkpointer (save, restore), CheckpointHook
+    vipmt.hooks       around the steps: validation, logging, metrics file; default_hooks
     vipmt.run         a whole train.py run: run directory, resume config, DDP, signals, exit status
     vipmt.evaluation  the test protocol over a split: runs, aggregation, the metrics table;
                       training's validation
