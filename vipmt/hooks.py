@@ -32,7 +32,7 @@ from .build import METRICS_FILE, TENSORBOARD_DIR
 from .checkpointer import CheckpointHook, Checkpointer
 from .training import HookBase, Trainer
 
-__all__ = ["HookBase", "ValidationHook", "LoggingHook", "MetricsFileHook", "default_hooks", "metrics_line"]
+__all__ = ["ValidationHook", "LoggingHook", "MetricsFileHook", "default_hooks", "metrics_line"]
 
 logger = logging.getLogger("train")
 
