@@ -259,9 +259,11 @@ def test_second_ctrl_c_exits_at_once_without_saving(straight, tmp_path):
     common, straight_dir = straight
     run_dir = straight_dir.parent / "twice"
     stderr_path = tmp_path / "stderr.txt"
-    # last.pth only at epoch ends: the first exists after epoch 1; the signals come inside epoch 2
+    # last.pth only at epoch ends: the first exists after epoch 1; the signals come inside epoch 2's
+    # first step (1.5 s long; a signal before the end of epoch 1's hooks would stop the run at the epoch's end)
     argv = with_overrides(common, "checkpoint_every_iters=0") + ["--run-name", "twice"]
     with _training_until(argv, run_dir / "last.pth", stderr_path, SLOW_CLIP_SECONDS) as proc:
+        time.sleep(0.5)
         proc.send_signal(signal.SIGINT)
         time.sleep(0.2)
         proc.send_signal(signal.SIGINT)
