@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dataset import build_dataset  # noqa: E402
+from dataset import EpisodeSpec, build_dataset  # noqa: E402
 from dataset.transforms import (IMAGENET_MEAN, IMAGENET_STD, FastTrainTransform, TestTransform,  # noqa: E402
                                 TrainTransform, letterbox_geometry, list_draws)
 from synthetic import write_synthetic_youtube_vis  # noqa: E402
@@ -89,8 +89,8 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)
     root = write_synthetic_youtube_vis(args.root, seed=5, videos_per_class=4, frames_per_video=20,
                                        frame_size=tuple(args.frame_size), num_categories=40, portrait_videos=40)
-    dataset = build_dataset("youtube_vis", root=root, split="train", group=1, image_size=tuple(args.out_size),
-                            episodes_per_class=max(1, -(-args.episodes // 30)), augment=False)
+    dataset = build_dataset("youtube_vis", root=root, split="train", group=1,
+                            spec=EpisodeSpec(image_size=tuple(args.out_size)), episodes_per_class=max(1, -(-args.episodes // 30)), augment=False)
     capture = CaptureLists()
     dataset.transform = capture
     out_size = tuple(args.out_size)

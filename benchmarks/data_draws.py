@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dataset import DifferentClassBatchSampler, EpisodeKey, YouTubeVISDataset  # noqa: E402
+from dataset import DifferentClassBatchSampler, EpisodeKey, EpisodeSpec, YouTubeVISDataset  # noqa: E402
 from dataset.episodes import item_rng  # noqa: E402
 from synthetic import write_synthetic_youtube_vis  # noqa: E402
 
@@ -78,7 +78,7 @@ def drawn_empty_share(dataset: YouTubeVISDataset, episodes: int) -> tuple[int, i
         class_id = dataset.classes[index % len(dataset.classes)]
         rng = item_rng(dataset.seed, 0, index)
         videos = dataset.videos_of_class(class_id)
-        chosen = [videos[i] for i in rng.choice(len(videos), dataset.support_shots, replace=False)]
+        chosen = [videos[i] for i in rng.choice(len(videos), dataset.spec.support_shots, replace=False)]
         (_, masks), _ = dataset._draw_supports(class_id, chosen, videos, rng)
         empty += sum(not m.any() for m in masks)
         total += len(masks)
@@ -150,8 +150,9 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         root = data_with_empty_segmentations(os.path.join(tmp, "ytvis"))
-        authors = YouTubeVISDataset(root, split="train", group=1, image_size=(64, 64))
-        skipping = YouTubeVISDataset(root, split="train", group=1, image_size=(64, 64), skip_empty_supports=True)
+        authors = YouTubeVISDataset(root, split="train", group=1, spec=EpisodeSpec(image_size=(64, 64)))
+        skipping = YouTubeVISDataset(root, split="train", group=1,
+                                     spec=EpisodeSpec(image_size=(64, 64), skip_empty_supports=True))
         expected = authors_expected_empty_share(authors)
         drawn, total = drawn_empty_share(authors, args.episodes)
         skipped, total_skipping = drawn_empty_share(skipping, args.episodes)

@@ -48,7 +48,8 @@ from benchmarks.stage_clock import StageClock  # noqa: E402
 from config import get_config, update_config  # noqa: E402
 from models import VIPMT  # noqa: E402
 from models.episode import train_episode  # noqa: E402
-from vipmt.build import TrainingParts  # noqa: E402
+from utils.distributed import DistInfo  # noqa: E402
+from vipmt.build import training_parts_for  # noqa: E402
 from vipmt.training import Trainer  # noqa: E402
 
 IMAGE_SIZE = (240, 424)
@@ -76,11 +77,9 @@ def synthetic_batch(batch: int, size=IMAGE_SIZE, seed: int = 0) -> dict:
 def train_step_trainer(model: VIPMT, device: torch.device = torch.device("cpu"), amp: bool = False) -> Trainer:
     """train.py's step for ``model`` (default config: Adam's settings, clips, memory size), without data:
     call ``train_step(batch)``; ``amp``: float16 autocast and a gradient scaler."""
-    cfg = update_config(get_config(), {"image_size": list(model.image_size)})
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                                 betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-    parts = TrainingParts(model, model, optimizer, torch.amp.GradScaler(device.type, enabled=amp))
-    return Trainer(cfg, device=device, parts=parts)
+    cfg = update_config(get_config(), {"image_size": list(model.image_size), "amp": amp, "amp_on_cpu": amp})
+    parts = training_parts_for(model, cfg, DistInfo(), device)       # train.py's Adam, scaler and episode
+    return Trainer(cfg, device=device, parts=parts, data=None, hooks=[])
 
 
 def synthetic_episodes(batch: int, size=IMAGE_SIZE, seed: int = 0) -> tuple:

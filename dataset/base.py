@@ -39,10 +39,10 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from torch.utils.data import Dataset
 
-from config import DEFAULTS, check_image_size
+from config import DEFAULTS
 
-from .episodes import CLIP_LENGTH, EpisodeKey, choose_videos, item_rng, select_query_clips
-from .errors import DatasetError
+from .episodes import EpisodeKey, EpisodeSpec, choose_videos, item_rng, select_query_clips
+from .errors import DatasetError, check_integer
 from .transforms import FastTrainTransform, TestTransform, TrainTransform
 
 logger = logging.getLogger(__name__)
@@ -56,12 +56,11 @@ _REPORTED_EMPTY_CLASSES: set[str] = set()   # warnings about classes without vid
 class EpisodeDataset(Dataset):
     """Base class; see the module docstring for the episode rules.
 
-    Query frames and supports are letterboxed as two lists, each with its first frame's size
-    (the authors' rule); ``letterbox_per_frame=True`` uses each frame's own size (a deviation,
-    see :mod:`dataset.transforms`). ``fast_augment=True`` (training augmentation only) uses
-    :class:`dataset.transforms.FastTrainTransform`, one warp per frame (a deviation).
-    ``skip_empty_supports=True`` redraws support frames whose class mask is empty (a deviation;
-    the authors keep them).
+    ``spec`` (:class:`dataset.episodes.EpisodeSpec`) says what an episode is: frames, clips,
+    supports, image size and the deviations. Query frames and supports are letterboxed as two
+    lists, each with its first frame's size (the authors' rule) unless ``spec.letterbox_per_frame``;
+    ``spec.fast_augment`` applies to augmented splits only (:class:`dataset.transforms.FastTrainTransform`).
+    ``episodes_per_class``, ``seed`` and ``augment`` (default: ``split == "train"``) are the split's.
 
     Items (dicts):
         query_img ``[Tq,3,H,W]`` float32 (ImageNet-normalised), query_mask ``[Tq,1,H,W]`` 0/1,
@@ -72,39 +71,24 @@ class EpisodeDataset(Dataset):
 
     dataset_name = "episodes"
 
-    def __init__(self, split: str = "train", group: int = DEFAULTS.group,
-                 image_size: Sequence[int] = tuple(DEFAULTS.image_size), query_frames: int = DEFAULTS.query_frames,
-                 support_shots: int = DEFAULTS.support_shots, episodes_per_class: int = DEFAULTS.episodes_per_class,
-                 seed: int = DEFAULTS.seed, augment: bool | None = None, clip_length: int = CLIP_LENGTH,
-                 letterbox_per_frame: bool = False, fast_augment: bool = False,
-                 skip_empty_supports: bool = DEFAULTS.skip_empty_supports):
+    def __init__(self, split: str = "train", group: int = DEFAULTS.group, spec: EpisodeSpec = EpisodeSpec(), *,
+                 episodes_per_class: int = DEFAULTS.episodes_per_class, seed: int = DEFAULTS.seed,
+                 augment: bool | None = None):
         if split not in SPLITS:
             raise DatasetError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
         if group not in GROUPS:
             raise DatasetError(f"group (fold) must be 1, 2, 3 or 4, got {group!r}")
-        self.image_size = check_image_size(image_size, error=DatasetError)
-        for name, value in (("query_frames", query_frames), ("support_shots", support_shots),
-                            ("episodes_per_class", episodes_per_class), ("clip_length", clip_length)):
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise DatasetError(f"{name} must be a positive integer, got {value!r}")
-        if query_frames % clip_length != 0:
-            raise DatasetError(f"query_frames ({query_frames}) must be a multiple of the clip "
-                               f"length ({clip_length}): the query is made of whole clips")
-        if not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise DatasetError(f"seed must be an integer >= 0, got {seed!r}")
+        if not isinstance(spec, EpisodeSpec):
+            raise DatasetError(f"spec must be a dataset.EpisodeSpec, got {type(spec).__name__}")
+        self.spec = spec
         self.split = split
         self.group = int(group)
-        self.query_frames = int(query_frames)
-        self.support_shots = int(support_shots)
-        self.episodes_per_class = int(episodes_per_class)
-        self.clip_length = int(clip_length)
-        self.seed = int(seed)
+        self.episodes_per_class = check_integer("episodes_per_class", episodes_per_class, minimum=1)
+        self.seed = check_integer("seed", seed, minimum=0)
         self.augment = (split == "train") if augment is None else bool(augment)
-        self.letterbox_per_frame = bool(letterbox_per_frame)
-        self.skip_empty_supports = bool(skip_empty_supports)
-        self.fast_augment = bool(fast_augment) and self.augment
+        self.fast_augment = spec.fast_augment and self.augment        # evaluation is never augmented
         transform = FastTrainTransform if self.fast_augment else TrainTransform if self.augment else TestTransform
-        self.transform = transform(self.image_size, letterbox_per_frame=self.letterbox_per_frame)
+        self.transform = transform(spec.image_size, letterbox_per_frame=spec.letterbox_per_frame)
         self.epoch = 0
         self.classes: list[int] = []
         self._test_items: list[tuple[int, str]] = []
@@ -225,10 +209,10 @@ class EpisodeDataset(Dataset):
         videos = self.videos_of_class(class_id)
         query_video = videos[int(rng.integers(len(videos)))]
         self._warn_if_few(class_id, len(videos))
-        support_videos = choose_videos(videos, self.support_shots, rng)
-        num_clips = self.query_frames // self.clip_length
+        support_videos = choose_videos(videos, self.spec.support_shots, rng)
+        num_clips = self.spec.query_frames // self.spec.clip_length
         frames = select_query_clips(self.query_frames_of(query_video, class_id), num_clips, rng,
-                                    self.clip_length)
+                                    self.spec.clip_length)
         query = self._load_frames(query_video, frames, class_id)
         support, support_videos = self._draw_supports(class_id, support_videos, videos, rng)
         return self._assemble(query, support, class_id, query_video, support_videos, rng)
@@ -244,7 +228,7 @@ class EpisodeDataset(Dataset):
             others = [query_video]
         else:
             self._warn_if_few(class_id, len(others))
-        support_videos = choose_videos(others, self.support_shots, rng)
+        support_videos = choose_videos(others, self.spec.support_shots, rng)
         frames = self.query_frames_of(query_video, class_id)
         query = self._load_frames(query_video, frames, class_id)
         support, support_videos = self._draw_supports(class_id, support_videos, others, rng)
@@ -253,11 +237,11 @@ class EpisodeDataset(Dataset):
         return item
 
     def _warn_if_few(self, class_id: int, available: int) -> None:
-        if available < self.support_shots and ("few", class_id) not in self._warned:
+        if available < self.spec.support_shots and ("few", class_id) not in self._warned:
             self._warned.add(("few", class_id))
             logger.warning("class %s has %d video(s) to draw %d supports from: some support videos "
                            "are used twice (with their own random frames)", class_id, available,
-                           self.support_shots)
+                           self.spec.support_shots)
 
     def _load_frames(self, video: str, frames: Sequence[int], class_id: int):
         images, masks = [], []
@@ -292,12 +276,12 @@ class EpisodeDataset(Dataset):
                 mask = self.load_mask(cand_video, frame, class_id)
                 if first is None:
                     first = (cand_video, frame, mask)
-                if mask.any() or not self.skip_empty_supports:
+                if mask.any() or not self.spec.skip_empty_supports:
                     chosen = (cand_video, frame, mask)
                     break
             if first is None:
                 raise DatasetError(f"class {class_id}: video {video} has no frame with the class")
-            if not self.skip_empty_supports and not chosen[2].any() and ("empty", class_id) not in self._warned:
+            if not self.spec.skip_empty_supports and not chosen[2].any() and ("empty", class_id) not in self._warned:
                 self._warned.add(("empty", class_id))
                 logger.info("class %s: support frame %s of video %s has an empty mask (present but empty "
                             "segmentation); kept, as the authors do (skip_empty_supports=true redraws)",

@@ -7,18 +7,55 @@ workers, processes and resumed runs.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence, TypeVar
+from dataclasses import dataclass, fields
+from typing import Any, Mapping, NamedTuple, Sequence, TypeVar
 
 import numpy as np
 
-from config import DEFAULTS
+from config import DEFAULTS, check_image_size
 
-from .errors import DatasetError
+from .errors import DatasetError, check_integer
 
 FrameT = TypeVar("FrameT")
 VideoT = TypeVar("VideoT")
 
 CLIP_LENGTH = DEFAULTS.clip_length
+
+
+@dataclass(frozen=True)
+class EpisodeSpec:
+    """What one episode is, the same for every split of a run: built once from the config
+    (:meth:`from_config`) and handed to the datasets.
+
+    ``query_frames`` training query frames in clips of ``clip_length``, ``support_shots``
+    annotated supports, letterboxed to ``image_size`` (H, W); ``letterbox_per_frame``: each frame
+    with its own size (a deviation, :mod:`dataset.transforms`); ``fast_augment``: training
+    augmentation as one warp per frame (a deviation); ``skip_empty_supports``: redraw a support
+    frame whose class mask is empty (a deviation). The config's keys of the same names.
+    """
+    image_size: tuple = tuple(DEFAULTS.image_size)
+    query_frames: int = DEFAULTS.query_frames
+    clip_length: int = DEFAULTS.clip_length
+    support_shots: int = DEFAULTS.support_shots
+    letterbox_per_frame: bool = DEFAULTS.letterbox_per_frame
+    fast_augment: bool = DEFAULTS.fast_augment
+    skip_empty_supports: bool = DEFAULTS.skip_empty_supports
+
+    def __post_init__(self):
+        set_field = object.__setattr__                    # frozen: normalised once, here
+        set_field(self, "image_size", check_image_size(self.image_size, error=DatasetError))
+        for name in ("query_frames", "support_shots", "clip_length"):
+            set_field(self, name, check_integer(name, getattr(self, name), minimum=1))
+        if self.query_frames % self.clip_length != 0:
+            raise DatasetError(f"query_frames ({self.query_frames}) must be a multiple of the clip "
+                               f"length ({self.clip_length}): the query is made of whole clips")
+        for name in ("letterbox_per_frame", "fast_augment", "skip_empty_supports"):
+            set_field(self, name, bool(getattr(self, name)))
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> "EpisodeSpec":
+        """The config's values of the spec's keys (every field is a config key)."""
+        return cls(**{field.name: cfg[field.name] for field in fields(cls)})
 
 
 class EpisodeKey(NamedTuple):

@@ -37,7 +37,7 @@ from tqdm import tqdm
 from config import DEFAULTS
 
 from .base import EpisodeDataset
-from .episodes import CLIP_LENGTH
+from .episodes import EpisodeSpec
 from .errors import DatasetError
 from utils.fileio import atomic_write_json
 
@@ -183,24 +183,19 @@ def load_index_cache(path: str, list_path: str, class_ids: Sequence[int]):
 class MiniVSPWDataset(EpisodeDataset):
     """Few-shot episodes from MiniVSPW (see :class:`dataset.base.EpisodeDataset`).
 
-    Frame keys are frame stems (file names without extension).
+    Frame keys are frame stems (file names without extension). ``lists_dir`` defaults to
+    ``root/lists/nminivspw_pascal``; ``show_progress``: a bar while the index is built;
+    ``split_settings`` (episodes_per_class, seed, augment) go to :class:`dataset.base.EpisodeDataset`.
     """
 
     dataset_name = "minivspw"
 
+    OPTIONS = ("lists_dir", "show_progress")     # what build_dataset passes on besides the split's settings
+
     def __init__(self, root: str = DEFAULT_ROOT, split: str = "train", group: int = DEFAULTS.group,
-                 image_size: Sequence[int] = tuple(DEFAULTS.image_size),
-                 query_frames: int = DEFAULTS.query_frames, support_shots: int = DEFAULTS.support_shots,
-                 episodes_per_class: int = DEFAULTS.episodes_per_class, seed: int = DEFAULTS.seed,
-                 augment: bool | None = None, clip_length: int = CLIP_LENGTH,
-                 letterbox_per_frame: bool = False, fast_augment: bool = False,
-                 skip_empty_supports: bool = DEFAULTS.skip_empty_supports,
-                 lists_dir: str | None = None, show_progress: bool = True):
-        super().__init__(split=split, group=group, image_size=image_size, query_frames=query_frames,
-                         support_shots=support_shots, episodes_per_class=episodes_per_class,
-                         seed=seed, augment=augment, clip_length=clip_length,
-                         letterbox_per_frame=letterbox_per_frame, fast_augment=fast_augment,
-                         skip_empty_supports=skip_empty_supports)
+                 spec: EpisodeSpec = EpisodeSpec(), *, lists_dir: str | None = None, show_progress: bool = True,
+                 **split_settings):
+        super().__init__(split, group, spec, **split_settings)
         self.root = str(root)
         self.frames_dir = os.path.join(self.root, FRAMES_RELDIR)
         self.lists_dir = lists_dir or os.path.join(self.root, LISTS_RELDIR)

@@ -33,7 +33,7 @@ from PIL import Image, UnidentifiedImageError
 from config import DEFAULTS
 
 from .base import EpisodeDataset
-from .episodes import CLIP_LENGTH
+from .episodes import EpisodeSpec
 from .errors import DatasetError
 
 logger = logging.getLogger(__name__)
@@ -367,24 +367,19 @@ class YouTubeVISDataset(EpisodeDataset):
     """Few-shot episodes from YouTube-VIS 2019 (see :class:`dataset.base.EpisodeDataset`).
 
     The query sequence of a video for a class is the list of frames where the class is present
-    (train/val: clips chosen among them; test: all of them, in order).
+    (train/val: clips chosen among them; test: all of them, in order). ``annotation_file`` and
+    ``frames_dir`` default to their places under ``root``; ``split_settings`` (episodes_per_class,
+    seed, augment) go to :class:`dataset.base.EpisodeDataset`.
     """
 
     dataset_name = "youtube_vis"
 
+    OPTIONS = ("annotation_file", "frames_dir")     # what build_dataset passes on besides the split's settings
+
     def __init__(self, root: str = DEFAULT_ROOT, split: str = "train", group: int = DEFAULTS.group,
-                 image_size: Sequence[int] = tuple(DEFAULTS.image_size),
-                 query_frames: int = DEFAULTS.query_frames, support_shots: int = DEFAULTS.support_shots,
-                 episodes_per_class: int = DEFAULTS.episodes_per_class, seed: int = DEFAULTS.seed,
-                 augment: bool | None = None, clip_length: int = CLIP_LENGTH,
-                 letterbox_per_frame: bool = False, fast_augment: bool = False,
-                 skip_empty_supports: bool = DEFAULTS.skip_empty_supports,
-                 annotation_file: str | None = None, frames_dir: str | None = None):
-        super().__init__(split=split, group=group, image_size=image_size, query_frames=query_frames,
-                         support_shots=support_shots, episodes_per_class=episodes_per_class,
-                         seed=seed, augment=augment, clip_length=clip_length,
-                         letterbox_per_frame=letterbox_per_frame, fast_augment=fast_augment,
-                         skip_empty_supports=skip_empty_supports)
+                 spec: EpisodeSpec = EpisodeSpec(), *, annotation_file: str | None = None,
+                 frames_dir: str | None = None, **split_settings):
+        super().__init__(split, group, spec, **split_settings)
         self.root = str(root)
         self.annotation_file = annotation_file or os.path.join(self.root, ANNOTATION_RELPATH)
         self.frames_dir = frames_dir or os.path.join(self.root, FRAMES_RELDIR)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dataset import DatasetError, build_dataset
+from dataset import DatasetError, EpisodeSpec, build_dataset
 from synthetic import write_synthetic_vspw, write_synthetic_youtube_vis
 from dataset.check import BadFile, check_dataset, check_dataset_report, find_bad_files, main, raise_if_bad
 
@@ -187,9 +187,9 @@ def test_a_split_whose_every_annotation_is_degenerate_is_refused_when_built(ytvi
                                            for seg in annotation["segmentations"]]
     json.dump(data, open(path, "w"))
     with pytest.raises(DatasetError, match=r"annotations of the train classes are degenerate .* nothing to learn"):
-        build_dataset("youtube_vis", root=root, split="train", group=1, image_size=(64, 64))
+        build_dataset("youtube_vis", root=root, split="train", group=1, spec=EpisodeSpec(image_size=(64, 64)))
     with caplog.at_level("WARNING"):        # class 1 (test) keeps one good annotation: a warning names the other
-        build_dataset("youtube_vis", root=root, split="test", group=1, image_size=(64, 64))
+        build_dataset("youtube_vis", root=root, split="test", group=1, spec=EpisodeSpec(image_size=(64, 64)))
     total = sum(a["category_id"] == 1 and any(seg is not None for seg in a["segmentations"])
                 for a in data["annotations"])
     expected = f"{total - 1} of the {total} annotations of the test classes are degenerate"

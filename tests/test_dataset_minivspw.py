@@ -11,12 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from dataset import DatasetError, MiniVSPWDataset, build_dataset
+from dataset import DatasetError, EpisodeSpec, MiniVSPWDataset, build_dataset
 from synthetic import write_synthetic_vspw
 from dataset.minivspw import cache_file
 from dataset.minivspw_lists import PublishedList, check_lists, fold_class_names, generate_lists, main as lists_main
 
 FRAME_SIZE = (64, 112)
+SPEC = EpisodeSpec(image_size=FRAME_SIZE)
 # the TTI split (docs/protocol.md), VSPW ids
 TEST_IDS = [{57, 52, 55, 85, 111}, {50, 49, 62, 91, 51}, {63, 64, 53, 61, 90}, {109, 93, 124, 115, 65}]
 # The published class files of the TTI repository, verbatim (ids, names and order).
@@ -77,7 +78,7 @@ def test_class_files_are_the_published_ones(vspw_root):
     assert 41 in class_ids_in_order(vspw_root, "train", 0) and 51 not in class_ids_in_order(vspw_root, "train", 0)
     assert 47 in class_ids_in_order(vspw_root, "train", 1) and 111 not in class_ids_in_order(vspw_root, "train", 1)
     # the loader keeps the class files' order (it decides which class episode i belongs to)
-    assert MiniVSPWDataset(vspw_root, split="val", group=2, image_size=FRAME_SIZE).classes == VAL_IDS[1]
+    assert MiniVSPWDataset(vspw_root, split="val", group=2, spec=SPEC).classes == VAL_IDS[1]
 
 
 def test_list_lines_follow_the_rule(vspw_root):
@@ -187,13 +188,13 @@ def test_generation_is_deterministic(vspw_root, tmp_path):
 
 def test_episodes_and_masks(vspw_root):
     for split in ("train", "val"):
-        dataset = build_dataset("minivspw", root=vspw_root, split=split, group=1, image_size=FRAME_SIZE,
+        dataset = build_dataset("minivspw", root=vspw_root, split=split, group=1, spec=SPEC,
                                 episodes_per_class=2)
         item = dataset[1]
         assert item["query_img"].shape == (15, 3, *FRAME_SIZE)
         assert item["support_mask"].shape == (5, 1, *FRAME_SIZE)
         assert (item["support_mask"].flatten(1).sum(1) > 0).all()
-    dataset = MiniVSPWDataset(vspw_root, split="test", group=3, image_size=FRAME_SIZE)
+    dataset = MiniVSPWDataset(vspw_root, split="test", group=3, spec=SPEC)
     assert set(dataset.classes) == TEST_IDS[2]
     assert dataset.class_name(61) == "person"
     class_id, video = dataset.test_item(0)
@@ -209,8 +210,8 @@ def test_episodes_and_masks(vspw_root):
 
 
 def test_same_seed_same_episode(vspw_root):
-    a = MiniVSPWDataset(vspw_root, split="train", group=2, image_size=FRAME_SIZE, seed=3)
-    b = MiniVSPWDataset(vspw_root, split="train", group=2, image_size=FRAME_SIZE, seed=3)
+    a = MiniVSPWDataset(vspw_root, split="train", group=2, spec=SPEC, seed=3)
+    b = MiniVSPWDataset(vspw_root, split="train", group=2, spec=SPEC, seed=3)
     assert torch.equal(a[17]["query_img"], b[17]["query_img"])
     assert torch.equal(a[17]["support_mask"], b[17]["support_mask"])
 
@@ -222,7 +223,7 @@ def test_index_cache_is_used_and_invalidated(vspw_root, tmp_path):
     with open(cache) as handle:
         written_by_generator = json.load(handle)
     os.remove(cache)
-    dataset = MiniVSPWDataset(root, split="test", group=1, image_size=FRAME_SIZE, show_progress=False)
+    dataset = MiniVSPWDataset(root, split="test", group=1, spec=SPEC, show_progress=False)
     with open(cache) as handle:
         rebuilt = json.load(handle)
     assert rebuilt == written_by_generator                 # loader and generator agree
@@ -233,7 +234,7 @@ def test_index_cache_is_used_and_invalidated(vspw_root, tmp_path):
     keep = [line for line in lines if line[0] == lines[0][0]]
     with open(list_path, "w") as handle:
         handle.writelines(f"{a} {b}\n" for a, b in keep)
-    smaller = MiniVSPWDataset(root, split="test", group=1, image_size=FRAME_SIZE, show_progress=False)
+    smaller = MiniVSPWDataset(root, split="test", group=1, spec=SPEC, show_progress=False)
     assert len(smaller) < len(dataset)
     assert all(smaller.videos_of_class(c) == [lines[0][0]] for c in smaller.classes)
 
@@ -269,7 +270,7 @@ def test_generator_bad_input(tmp_path, vspw_root):
 def test_missing_mask_file_names_video_and_frame(tmp_path, vspw_root):
     root = str(tmp_path / "copy")
     shutil.copytree(vspw_root, root)
-    dataset = MiniVSPWDataset(root, split="test", group=1, image_size=FRAME_SIZE)
+    dataset = MiniVSPWDataset(root, split="test", group=1, spec=SPEC)
     class_id, video = dataset.test_item(0)
     stem = dataset.query_frames_of(video, class_id)[-1]
     os.remove(os.path.join(root, "data", video, "mask", stem + ".png"))

@@ -9,7 +9,7 @@ import pycocotools.mask as mask_utils
 import pytest
 import torch
 
-from dataset import DatasetError, YouTubeVISDataset
+from dataset import DatasetError, EpisodeSpec, YouTubeVISDataset
 from synthetic import write_synthetic_youtube_vis
 from synthetic.cli import main as synthetic_main
 from dataset.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -104,7 +104,7 @@ def test_command_line(tmp_path, capsys):
     root = str(tmp_path / "cli")
     assert synthetic_main(["youtube_vis", "--root", root, "--seed", "3", "--videos-per-class", "6",
                            "--frames", "5", "--height", "64", "--width", "112"]) == 0
-    assert YouTubeVISDataset(root, split="test", group=1, image_size=(64, 112)).classes
+    assert YouTubeVISDataset(root, split="test", group=1, spec=EpisodeSpec(image_size=(64, 112))).classes
     assert synthetic_main(["youtube_vis", "--root", root, "--seed", "4"]) == 2
     assert "error:" in capsys.readouterr().err
 
@@ -130,7 +130,7 @@ def _colour_knn_iou(item, samples=48, frames=3, rng=None):
 
 def test_held_out_classes_carry_a_few_shot_signal(default_root):
     """Support object colours identify the held-out class in the query (all background: IoU 0)."""
-    dataset = YouTubeVISDataset(default_root[0], split="test", group=1, image_size=(64, 112))
+    dataset = YouTubeVISDataset(default_root[0], split="test", group=1, spec=EpisodeSpec(image_size=(64, 112)))
     rng = np.random.default_rng(0)
     picks = range(0, len(dataset), max(1, len(dataset) // 12))
     ious = [_colour_knn_iou(dataset[i], rng=rng) for i in picks]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from dataset import DatasetError, build_dataset
+from dataset import DatasetError, EpisodeSpec, build_dataset
 from synthetic import write_synthetic_youtube_vis
 from helpers import reference_case
 from dataset.transforms import (IMAGENET_MEAN, IMAGENET_STD, TestTransform, TrainTransform,
@@ -213,10 +213,11 @@ def test_datasets_thread_the_letterbox_setting(tmp_path):
     root = write_synthetic_youtube_vis(str(tmp_path / "ytvis"), seed=2, videos_per_class=6, frames_per_video=5,
                                        frame_size=(72, 128), num_categories=8, portrait_videos=9)
     for augment in (False, True):
-        authors = build_dataset("youtube_vis", root=root, split="train", group=1, image_size=OUT,
+        authors = build_dataset("youtube_vis", root=root, split="train", group=1, spec=EpisodeSpec(image_size=OUT),
                                 episodes_per_class=1, augment=augment)
-        per_frame = build_dataset("youtube_vis", root=root, split="train", group=1, image_size=OUT,
-                                  episodes_per_class=1, augment=augment, letterbox_per_frame=True)
+        per_frame = build_dataset("youtube_vis", root=root, split="train", group=1,
+                                  spec=EpisodeSpec(image_size=OUT, letterbox_per_frame=True), episodes_per_class=1,
+                                  augment=augment)
         assert not authors.transform.letterbox_per_frame and per_frame.transform.letterbox_per_frame
         mixed = [i for i in range(len(authors))
                  if len({tuple(authors.load_image(v, 0).shape) for v in authors[i]["support_videos"]}) > 1]
@@ -296,10 +297,9 @@ def test_datasets_thread_fast_augment(tmp_path):
 
     root = write_synthetic_youtube_vis(str(tmp_path / "ytvis"), seed=2, videos_per_class=2, frames_per_video=5,
                                        frame_size=(72, 128), num_categories=8)
-    fast = build_dataset("youtube_vis", root=root, split="train", group=1, image_size=OUT, episodes_per_class=1,
-                         fast_augment=True)
-    plain = build_dataset("youtube_vis", root=root, split="val", group=1, image_size=OUT, episodes_per_class=1,
-                          fast_augment=True)
+    spec = EpisodeSpec(image_size=OUT, fast_augment=True)
+    fast = build_dataset("youtube_vis", root=root, split="train", group=1, spec=spec, episodes_per_class=1)
+    plain = build_dataset("youtube_vis", root=root, split="val", group=1, spec=spec, episodes_per_class=1)
     assert isinstance(fast.transform, FastTrainTransform) and fast.fast_augment
     assert isinstance(plain.transform, TestTransform)          # evaluation is never augmented
     item = fast[0]

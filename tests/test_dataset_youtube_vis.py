@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from dataset import DatasetError, YouTubeVISDataset, build_dataset, fold_classes
+from dataset import DatasetError, EpisodeSpec, YouTubeVISDataset, build_dataset, fold_classes
 from synthetic import write_synthetic_youtube_vis
 from dataset.transforms import IMAGENET_MEAN, IMAGENET_STD, letterbox_geometry
 from dataset.youtube_vis import index_annotations
@@ -38,10 +38,15 @@ def copy_tree(src, dst):
     return dst
 
 
+SPEC_FIELDS = ("image_size", "query_frames", "clip_length", "support_shots", "letterbox_per_frame", "fast_augment",
+               "skip_empty_supports")
+
+
 def make(root, split="train", **kwargs):
     kwargs.setdefault("image_size", IMAGE_SIZE)
     kwargs.setdefault("episodes_per_class", 2)
-    return YouTubeVISDataset(root, split=split, **kwargs)
+    spec = {k: kwargs.pop(k) for k in SPEC_FIELDS if k in kwargs}
+    return YouTubeVISDataset(root, split=split, spec=EpisodeSpec(**spec), **kwargs)
 
 
 def reference_decode(segmentation, height, width):
@@ -141,7 +146,7 @@ def _by_video_and_class(annotations):
 def test_train_and_val_episode_shapes(ytvis_root):
     for split in ("train", "val"):
         dataset = build_dataset("youtube_vis", root=ytvis_root, split=split, group=1,
-                                image_size=(80, 128), episodes_per_class=3)
+                                spec=EpisodeSpec(image_size=(80, 128)), episodes_per_class=3)
         assert len(dataset) == len(dataset.classes) * 3
         item = dataset[len(dataset) - 1]
         assert item["query_img"].shape == (15, 3, 80, 128) and item["query_img"].dtype == torch.float32

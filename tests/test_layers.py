@@ -86,3 +86,49 @@ def test_the_rules_catch_upward_and_sideways_imports(unit, source, expected):
         assert found == []
     else:
         assert len(found) == 1 and expected in found[0], found
+
+
+def module_imports(package: str, path: Path) -> set[str]:
+    """The modules of ``package`` that the module at ``path`` imports (anywhere in it, also under
+    TYPE_CHECKING or inside a function): ``package.name`` for ``from .name import ...``,
+    ``from . import name``, ``from package.name import ...``, ``import package.name``."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            found |= {f"{package}.{node.module}"} if node.module else {f"{package}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith(f"{package}."):
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith(f"{package}.")}
+    return found
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every cycle of a module graph {module: modules it imports}, each once (starting at its least name)."""
+    cycles = []
+
+    def walk(path):
+        for nxt in sorted(graph.get(path[-1], ())):
+            if nxt == path[0]:
+                cycles.append(path + [nxt])
+            elif nxt not in path and nxt > path[0]:
+                walk(path + [nxt])
+
+    for start in sorted(graph):
+        walk([start])
+    return cycles
+
+
+def test_no_import_cycle_between_the_modules_of_a_package():
+    # vipmt/hooks.py <-> vipmt/training.py used to import each other (HookBase, Checkpointer, default_hooks)
+    cycles = []
+    for unit, paths in source_files().items():
+        if len(paths) > 1:
+            graph = {f"{unit}.{p.stem}": module_imports(unit, p) for p in paths if p.stem != "__init__"}
+            cycles += import_cycles(graph)
+    assert not cycles, "\n".join(" -> ".join(cycle) for cycle in cycles)
+
+
+def test_the_cycle_check_finds_cycles():
+    assert import_cycles({"p.a": {"p.b"}, "p.b": {"p.c"}, "p.c": {"p.a"}, "p.d": {"p.a"}}) == [["p.a", "p.b", "p.c", "p.a"]]
+    assert import_cycles({"p.a": {"p.b"}, "p.b": set()}) == []

@@ -43,9 +43,9 @@ def test_writes_json_with_every_metric_and_overlays(setup):
         assert 0.0 <= stat["mean"] <= 1.0 and stat["std"] >= 0.0, key
         runs = [r["mean"][key] for r in result["runs"]]
         assert stat["mean"] == pytest.approx(sum(runs) / 2)
-    from dataset import build_dataset
+    from dataset import EpisodeSpec, build_dataset
 
-    test_set = build_dataset("youtube_vis", root=data, split="test", group=1, image_size=(64, 64))
+    test_set = build_dataset("youtube_vis", root=data, split="test", group=1, spec=EpisodeSpec(image_size=(64, 64)))
     videos = len(test_set)                                   # every video showing class 1
     first = result["runs"][0]
     assert first["num_videos"] == videos and len(first["videos"]) == videos

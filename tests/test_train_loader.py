@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from config import AUTO, ConfigError, apply_overrides, get_config, update_config
-from dataset import DifferentClassBatchSampler, build_dataset
+from dataset import DifferentClassBatchSampler, EpisodeSpec, build_dataset
 from synthetic import write_synthetic_youtube_vis
 from vipmt.build import build_train_loader, resolve_num_workers
 
@@ -35,8 +35,8 @@ def test_persistent_workers_follow_the_epochs(tmp_path):
     # two epochs through 2 persistent workers give the batches the main process computes itself
     root = write_synthetic_youtube_vis(str(tmp_path / "ytvis"), seed=4, videos_per_class=2, frames_per_video=5,
                                        frame_size=(48, 64), num_categories=8)
-    dataset = build_dataset("youtube_vis", root=root, split="train", group=1, image_size=OUT, episodes_per_class=1,
-                            query_frames=5, support_shots=1)
+    dataset = build_dataset("youtube_vis", root=root, split="train", group=1,
+                            spec=EpisodeSpec(image_size=OUT, query_frames=5, support_shots=1), episodes_per_class=1)
     sampler = DifferentClassBatchSampler(dataset, batch_size=2, seed=0)
     cfg = update_config(get_config(), {"num_workers": 2, "seed": 0})
     loader = build_train_loader(cfg, dataset, sampler, device=torch.device("cpu"))
@@ -70,3 +70,28 @@ def test_the_config_key_fast_augment_reaches_the_training_split(tmp_path):
         val = build_split(cfg, "val", episodes_per_class=1, seed=0, augment=False)
         assert isinstance(train.transform, FastTrainTransform) == fast
         assert not isinstance(val.transform, FastTrainTransform)
+
+
+def test_every_episode_setting_of_the_config_reaches_each_split_through_one_spec(tmp_path):
+    # the settings used to be passed one by one through five signatures (fast_augment got lost once)
+    import dataclasses
+
+    from dataset.transforms import FastTrainTransform, TestTransform
+    from vipmt.build import build_split
+
+    root = write_synthetic_youtube_vis(str(tmp_path / "ytvis"), seed=4, videos_per_class=2, frames_per_video=6,
+                                       frame_size=(48, 64), num_categories=8)
+    changed = {"image_size": (64, 112), "query_frames": 6, "clip_length": 2, "support_shots": 2,
+               "letterbox_per_frame": True, "fast_augment": True, "skip_empty_supports": True}
+    assert set(changed) == {field.name for field in dataclasses.fields(EpisodeSpec)}
+    values = {**changed, "image_size": list(changed["image_size"])}
+    assert all(value != get_config()[key] for key, value in values.items())      # none is the default
+    cfg = update_config(get_config(), {**values, "youtube_vis_root": root})
+    splits = {split: build_split(cfg, split, episodes_per_class=1, seed=0, augment=split == "train")
+              for split in ("train", "val", "test")}
+    for split, dataset in splits.items():
+        assert dataset.spec == EpisodeSpec(**changed), split
+        assert isinstance(dataset.transform, FastTrainTransform if split == "train" else TestTransform)
+        assert dataset.transform.letterbox_per_frame
+    item = splits["train"][0]
+    assert item["query_img"].shape == (6, 3, 64, 112) and item["support_mask"].shape == (2, 1, 64, 112)

@@ -7,9 +7,10 @@
                       from config.cli), config resolution, user errors
     vipmt.build       datasets, model, optimizer and run directory from a resolved config
     vipmt.loading     load_trained_model: our checkpoints and the authors' files, one loader
-    vipmt.training    the training loop: Trainer (receives model, optimizer, scaler, data, hooks)
-                      and TrainerState (where a run stands)
-    vipmt.hooks       around the steps: logging, checkpoints (Checkpointer), metrics file
+    vipmt.training    the training loop: Trainer (receives model, optimizer, scaler, episode, data,
+                      hooks; builds none), TrainerState (where a run stands), HookBase
+    vipmt.checkpointer  a run's checkpoints: Checkpointer (save, restore), CheckpointHook
+    vipmt.hooks       around the steps: logging, metrics file; default_hooks
     vipmt.validation  training's validation (the val episodes) and its ValidationHook
     vipmt.run         a whole train.py run: run directory, resume config, DDP, signals, exit status
     vipmt.rundir      what a run directory holds: the one rule for "a trained run is here"

@@ -1,8 +1,10 @@
 """Datasets, model, optimizer and run directory from a resolved config (the builders every script shares).
 
-Training is put together here and handed to :class:`vipmt.training.Trainer`:
+A training run's pieces are built here, and put together (with the hooks) by
+:func:`vipmt.run.run_training` into a :class:`vipmt.training.Trainer`:
 :func:`build_training_data` (the train and val splits, the batch sampler and their loaders) and
-:func:`build_training_parts` (the model, its DDP wrapper, Adam and the gradient scaler).
+:func:`build_training_parts` (the model, its DDP wrapper, Adam, the gradient scaler and the
+training episode; :func:`training_parts_for` the same around a given model).
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ __all__ = ["LAST_CHECKPOINT", "BEST_CHECKPOINT", "CONFIG_FILE", "LOG_FILE", "TEN
            "SYNTHETIC_COMMANDS", "run_directory", "dataset_missing_message", "require_dataset",
            "build_split", "backbone_weights_path", "build_model", "collate_episodes", "TrainingData",
            "build_training_data", "TrainingParts", "AMP_DTYPE", "amp_enabled", "amp_autocast", "build_training_parts",
+           "training_parts_for",
            "available_cpus", "resolve_num_workers", "EpochTaggedBatches", "build_train_loader"]
 
 logger = logging.getLogger(__name__)
@@ -75,16 +78,13 @@ def require_dataset(cfg) -> str:
 
 
 def build_split(cfg, split: str, *, episodes_per_class: int, seed: int, augment: bool):
-    """The dataset of one split (train / val / test) of the configured dataset and fold."""
-    from dataset import build_dataset  # noqa: WPS433 - heavy import kept out of --help
+    """The dataset of one split (train / val / test) of the configured dataset and fold; its episodes
+    as the config says (:meth:`dataset.EpisodeSpec.from_config`)."""
+    from dataset import EpisodeSpec, build_dataset  # noqa: WPS433 - heavy import kept out of --help
 
     root = require_dataset(cfg)
-    return build_dataset(name=cfg.dataset, root=root, split=split, group=cfg.group,
-                         image_size=tuple(cfg.image_size), query_frames=cfg.query_frames,
-                         support_shots=cfg.support_shots, episodes_per_class=episodes_per_class,
-                         seed=seed, augment=augment, clip_length=cfg.clip_length,
-                         letterbox_per_frame=cfg.letterbox_per_frame, skip_empty_supports=cfg.skip_empty_supports,
-                         fast_augment=cfg.fast_augment)
+    return build_dataset(cfg.dataset, root=root, split=split, group=cfg.group, spec=EpisodeSpec.from_config(cfg),
+                         episodes_per_class=episodes_per_class, seed=seed, augment=augment)
 
 
 def backbone_weights_path(cfg, *, required: bool, warn: bool = True) -> Optional[str]:
@@ -245,12 +245,16 @@ def build_training_data(cfg, dist_info: du.DistInfo, device: torch.device) -> Tr
 
 @dataclass
 class TrainingParts:
-    """What a training step changes: the model, the module that trains it (DDP or the model), Adam
-    and the gradient scaler (``scaler.is_enabled()``: AMP is on)."""
+    """What a training step uses and changes: the model, the module that trains it (DDP or the
+    model), Adam, the gradient scaler (``scaler.is_enabled()``: AMP is on) and the training
+    episode, called as ``episode(train_module, query_img, query_mask, support_img, support_mask,
+    plans, backward=...)`` -> one dict of detached loss terms per clip
+    (:func:`models.episode.train_episode`, the one train.py runs)."""
     model: nn.Module
     train_module: nn.Module
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
+    episode: Callable[..., List[Dict[str, torch.Tensor]]]
 
 
 def amp_enabled(cfg, device: torch.device) -> bool:
@@ -267,10 +271,19 @@ def amp_autocast(device: torch.device, enabled: bool):
 
 def build_training_parts(cfg, dist_info: du.DistInfo, device: torch.device, *,
                          backbone_weights: Optional[str]) -> TrainingParts:
-    """A VIPMT on ``device`` (initial weights from ``cfg.seed``; the backbone from the file or random),
-    wrapped in DDP when the world has several processes, with Adam on its trainable parameters."""
+    """A VIPMT on ``device`` (initial weights from ``cfg.seed``; the backbone from the file or random)
+    and its :func:`training_parts_for`."""
     seed_everything(cfg.seed)                            # the initial weights depend on the seed only
     model = build_model(cfg, backbone_weights=backbone_weights).to(device)
+    return training_parts_for(model, cfg, dist_info, device)
+
+
+def training_parts_for(model: nn.Module, cfg, dist_info: du.DistInfo, device: torch.device) -> TrainingParts:
+    """``model`` (already on ``device``) wrapped in DDP when the world has several processes, Adam on
+    its trainable parameters with the config's settings, the gradient scaler (AMP as
+    :func:`amp_enabled`) and train.py's episode (:func:`models.episode.train_episode`)."""
+    from models.episode import train_episode  # noqa: WPS433 - heavy import kept out of --help
+
     # DDP wraps the network; each clip's forward is followed by its own backward
     # (models.episode.train_episode), so DDP sees matched forward/backward pairs.
     train_module: nn.Module = model
@@ -280,4 +293,4 @@ def build_training_parts(cfg, dist_info: du.DistInfo, device: torch.device, *,
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_enabled(cfg, device))
-    return TrainingParts(model, train_module, optimizer, scaler)
+    return TrainingParts(model, train_module, optimizer, scaler, train_episode)

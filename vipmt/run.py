@@ -33,8 +33,9 @@ from utils.runtime import EXIT_FAILURE, EXIT_STOPPED, UserError, resolve_device
 
 from .build import (AMP_DTYPE, CONFIG_FILE, LAST_CHECKPOINT, LOG_FILE, backbone_weights_path, build_training_data,
                     build_training_parts, require_dataset, run_directory)
+from .checkpointer import Checkpointer
 from .cli import resolve_config
-from .hooks import Checkpointer, default_hooks
+from .hooks import default_hooks
 from .rundir import run_contents
 from .signals import StopSignals
 from .training import Trainer, TrainingError
@@ -285,7 +286,8 @@ def _train_in(run_dir: str, cfg, values: Mapping[str, Any], *, hold: Optional[Ru
 
 def _build_trainer(cfg, dist_info: du.DistInfo, device, run_dir: str,
                    resume_ckpt: Optional[Mapping[str, Any]]) -> Trainer:
-    """Data, model, optimizer and hooks of the run; resumed from ``resume_ckpt`` when given."""
+    """The one place a training run is put together: data, model, optimizer, scaler, episode, checkpointer
+    and hooks (vipmt.build, vipmt.hooks) handed to the Trainer; resumed from ``resume_ckpt`` when given."""
     data = build_training_data(cfg, dist_info, device)
     weights = None if resume_ckpt is not None else backbone_weights_path(cfg, required=True)
     parts = build_training_parts(cfg, dist_info, device, backbone_weights=weights)

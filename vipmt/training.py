@@ -10,14 +10,15 @@ gradient scaler on CUDA. Under AMP a step whose gradients are inf/nan is skipped
 of them in a row stop the run. In float32 a non-finite loss stops the run before it reaches the
 weights.
 
-The :class:`Trainer` receives what it uses - the model, optimizer and gradient scaler
-(:class:`vipmt.build.TrainingParts`), the data (:class:`vipmt.build.TrainingData`) and its hooks
-(:mod:`vipmt.hooks`: validation, logging, checkpoints, the metrics file) - and only steps:
-:meth:`Trainer.train_step` does one optimizer step and says what it did, :meth:`Trainer.fit`
-runs the epochs and calls the hooks around steps and epochs. It stops early, after saving
-``last.pth`` (the checkpoint hook), when ``--stop-after`` steps are done or a stop signal
-arrived (the signal handling is the run's, :mod:`vipmt.run`); ``--resume`` continues
-bit-identically.
+The :class:`Trainer` receives what it uses - the model, optimizer, gradient scaler and training
+episode (:class:`vipmt.build.TrainingParts`), the data (:class:`vipmt.build.TrainingData`) and
+its hooks (:class:`HookBase`; a run's are validation, logging, checkpoints and the metrics file:
+:mod:`vipmt.hooks`, :mod:`vipmt.checkpointer`) - and builds none of them (a run is put together
+by :func:`vipmt.run.run_training`); it only steps: :meth:`Trainer.train_step` does one optimizer
+step and says what it did, :meth:`Trainer.fit` runs the epochs and calls the hooks around steps
+and epochs. It stops early, after saving ``last.pth`` (the checkpoint hook), when ``--stop-after``
+steps are done or a stop signal arrived (the signal handling is the run's, :mod:`vipmt.run`);
+``--resume`` continues bit-identically.
 
 Everything a resume needs besides the model, optimizer and scaler is in :class:`TrainerState`
 (``state_dict`` / ``load_state_dict``); its keys are top-level keys of the checkpoint file.
@@ -28,7 +29,7 @@ import logging
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Protocol
 
 import torch
 
@@ -36,12 +37,9 @@ from utils import distributed as du
 from utils.checkpoint import capture_rng_state, restore_rng_state
 from utils.runtime import RANK_SEED_STRIDE, seed_everything
 
-from .build import (TrainingData, TrainingParts, amp_autocast, available_cpus, backbone_weights_path,
-                    build_training_data, build_training_parts)
-from .hooks import Checkpointer, HookBase, default_hooks
-from .validation import ValidationHook, validate_episodes
+from .build import TrainingData, TrainingParts, amp_autocast, available_cpus
 
-__all__ = ["TrainingError", "TrainerState", "StepResult", "Trainer"]
+__all__ = ["TrainingError", "TrainerState", "StepResult", "HookBase", "Trainer"]
 
 logger = logging.getLogger("train")
 DATA_WAIT_WARNING = 0.2              # warn (once) when the loop waited for data longer than this share of an epoch
@@ -171,6 +169,32 @@ class TrainerState:
 
 
 
+class HookBase:
+    """Called by :meth:`Trainer.fit` around steps and epochs; override what you need."""
+
+    def before_train(self, trainer: "Trainer") -> None:
+        pass
+
+    def before_epoch(self, trainer: "Trainer") -> None:
+        pass
+
+    def after_step(self, trainer: "Trainer", losses: Dict[str, float]) -> None:
+        pass
+
+    def after_epoch(self, trainer: "Trainer", record: Dict[str, Any]) -> None:
+        pass
+
+    def after_train(self, trainer: "Trainer") -> None:
+        """Always called, also when the run stops early or fails."""
+
+
+class KeepsCheckpoints(Protocol):
+    """What the trainer asks of a run's checkpointer (:class:`vipmt.checkpointer.Checkpointer`)."""
+
+    def what_is_kept(self) -> str:
+        """For the error that stops a run: the checkpoint a resume would continue from, if any."""
+
+
 class StepResult(Dict[str, float]):
     """One step's losses averaged over ranks (``loss`` and its terms ``main``, ``aux``, ``contrast``,
     ``score``); ``skipped``: AMP's gradient scaler skipped the update (inf/nan gradients)."""
@@ -217,35 +241,25 @@ class Trainer:
     Args:
         cfg: the resolved config (clip_length, memory_size, grad_clip, epochs, seed, ...).
         device: where the model runs.
+        parts: the model, the module that trains it (DDP or the model), Adam, the gradient scaler and
+            the training episode (:func:`vipmt.build.build_training_parts`, or
+            :func:`vipmt.build.training_parts_for` a given model).
+        data: the splits and sampler (:func:`vipmt.build.build_training_data`); only :meth:`fit`
+            needs them (:meth:`train_step` takes its batch), so None serves a step-only trainer.
+        hooks: called in list order (a run's: :func:`vipmt.hooks.default_hooks`).
         dist_info: this process's place in the DDP world (one process by default).
-        parts: model, DDP wrapper, Adam, gradient scaler. None: they and ``data`` (unless given) are
-            built from ``cfg`` (:func:`vipmt.build.build_training_parts` with the configured backbone
-            file, :func:`vipmt.build.build_training_data`).
-        data: the splits and sampler; only :meth:`fit` needs them (:meth:`train_step` takes its batch).
-        hooks: called in list order; default (when ``run_dir`` is given) :func:`vipmt.hooks.default_hooks`
-            writing in ``run_dir``.
-        checkpointer: names the checkpoint a stopping error keeps (default: ``run_dir``'s, if given).
+        checkpointer: names the checkpoint a stopping error keeps (None: no checkpoint is written).
     """
 
-    def __init__(self, cfg, *, device: torch.device, dist_info: du.DistInfo = du.DistInfo(),
-                 parts: Optional[TrainingParts] = None, data: Optional[TrainingData] = None,
-                 hooks: Optional[Iterable[HookBase]] = None, checkpointer: Optional[Checkpointer] = None,
-                 run_dir: Optional[str] = None):
+    def __init__(self, cfg, *, device: torch.device, parts: TrainingParts, data: Optional[TrainingData],
+                 hooks: Iterable[HookBase], dist_info: du.DistInfo = du.DistInfo(),
+                 checkpointer: Optional[KeepsCheckpoints] = None):
         self.cfg, self.dist, self.device = cfg, dist_info, device
-        if parts is None:                  # all from the config, as a fresh run of train.py builds it
-            data = build_training_data(cfg, dist_info, device) if data is None else data
-            parts = build_training_parts(cfg, dist_info, device,
-                                         backbone_weights=backbone_weights_path(cfg, required=True))
         self.data = data
         self.model, self.train_module = parts.model, parts.train_module
-        self.optimizer, self.scaler = parts.optimizer, parts.scaler
+        self.optimizer, self.scaler, self.episode = parts.optimizer, parts.scaler, parts.episode
         self.use_amp = self.scaler.is_enabled()
-        if checkpointer is None and run_dir is not None:
-            checkpointer = Checkpointer(run_dir, dist_info)
         self.checkpointer = checkpointer
-        if hooks is None:
-            hooks = [] if run_dir is None else default_hooks(run_dir, validation=ValidationHook(self.validate),
-                                                             checkpointer=checkpointer)
         self.hooks: List[HookBase] = list(hooks)
         self.state = TrainerState()
         self.stop_after: Optional[int] = None
@@ -294,7 +308,7 @@ class Trainer:
         """One optimizer step on a batch of episodes (query_img [B,T,3,H,W], query_mask [B,T,1,H,W],
         support_img [B,S,3,H,W], support_mask [B,S,1,H,W]): the losses averaged over ranks, and
         whether the gradient scaler skipped the update."""
-        from models.episode import plan_episode, train_episode  # noqa: WPS433
+        from models.episode import plan_episode  # noqa: WPS433
         from models.losses import LOSS_TERMS  # noqa: WPS433
 
         cfg = self.cfg
@@ -305,8 +319,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         clip_counter = iter(range(1, len(plans) + 1))
         with amp_autocast(self.device, self.use_amp):
-            results = train_episode(self.train_module, *tensors, plans,
-                                    backward=lambda loss: self.backward(loss, next(clip_counter)))
+            results = self.episode(self.train_module, *tensors, plans,
+                                   backward=lambda loss: self.backward(loss, next(clip_counter)))
         if cfg.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
@@ -335,12 +349,6 @@ class Trainer:
                                 f"{self.scaler.get_scale():g}); training stopped; {self._what_is_kept()}. Try a "
                                 f"lower learning rate (--resume --lr ...), amp=false, or a higher "
                                 f"amp_max_consecutive_skips.")
-
-    # -------------------------------------------------------------- validation
-    def validate(self, model: Optional[torch.nn.Module] = None) -> Dict[str, Any]:
-        """Mean class IoU on the val split: the three-clip scheme in eval mode (GT-mask memory)."""
-        return validate_episodes(self.model if model is None else model, self.data, self.cfg, device=self.device,
-                                 dist_info=self.dist, amp=self.use_amp)
 
     # -------------------------------------------------------------- the loop
     def _warn_if_waiting(self, record: Mapping[str, Any], workers: int) -> None:

@@ -17,7 +17,7 @@ from utils import distributed as du
 from utils.metrics import FewShotEvaluator
 
 from .build import TrainingData, amp_autocast
-from .hooks import HookBase
+from .training import HookBase
 
 __all__ = ["VAL_MEMORY_SEED_OFFSET", "validate_episodes", "ValidationHook"]
 
