@@ -7,7 +7,7 @@ workers, processes and resumed runs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Mapping, NamedTuple, Sequence, TypeVar
 
 import numpy as np
@@ -54,8 +54,11 @@ class EpisodeSpec:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> "EpisodeSpec":
-        """The config's values of the spec's keys (every field is a config key)."""
-        return cls(**{field.name: cfg[field.name] for field in fields(cls)})
+        """The config's values of the spec's keys (every field is a config key; named one by one so
+        that each key's reader can be found, tests/test_config_keys_act.py)."""
+        return cls(image_size=cfg["image_size"], query_frames=cfg["query_frames"], clip_length=cfg["clip_length"],
+                   support_shots=cfg["support_shots"], letterbox_per_frame=cfg["letterbox_per_frame"],
+                   fast_augment=cfg["fast_augment"], skip_empty_supports=cfg["skip_empty_supports"])
 
 
 class EpisodeKey(NamedTuple):

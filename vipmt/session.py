@@ -21,22 +21,29 @@ from __future__ import annotations
 import warnings
 import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Hashable, Mapping
+from typing import Any, Callable, Hashable, Mapping, Protocol
 
 import cv2
 import numpy as np
 import torch
 
 from dataset.transforms import letterbox_geometry
-from models import SupportEncoding, VideoSession
+from models import SupportEncoding, VideoSegmenter, VideoSession
 
 from .errors import InputError
 from .inputs import MAX_SUPPORTS, as_rgb_frame, prepare_supports
 
-if TYPE_CHECKING:
-    from .predictor import Predictor
-
 __all__ = ["FrameResult", "Session", "ClassesSession", "PendingFramesWarning", "unletterbox"]
+
+
+class PredictorParts(Protocol):
+    """What a session uses of its `vipmt.predictor.Predictor` (which imports this module, not the reverse)."""
+    segmenter: VideoSegmenter
+    seed: int
+    transform: Callable       # (images, masks) -> (images [S,3,H,W], masks [S,1,H,W]), letterboxed
+
+    @property
+    def image_size(self) -> tuple[int, int]: ...
 
 
 @dataclass
@@ -122,7 +129,7 @@ def _warn_pending(pending: _Pending, kind: str, how: str) -> None:
 class _ClassState:
     """One class of a session: its supports, the corrections added, its model state (engine session)."""
 
-    def __init__(self, predictor: "Predictor", support_images: Any, support_masks: Any):
+    def __init__(self, predictor: PredictorParts, support_images: Any, support_masks: Any):
         images, masks = prepare_supports(support_images, support_masks)
         for i, image in enumerate(images):
             check_letterbox_fits(image.shape, predictor.image_size, f"support image {i + 1}")
@@ -132,7 +139,7 @@ class _ClassState:
         self.pending: list = []        # (first clip number it applies to, images [1,3,H,W], masks [1,1,H,W])
         self.engine: VideoSession | None = None
 
-    def add_support(self, predictor: "Predictor", frame: Any, mask: Any, first_clip: int) -> None:
+    def add_support(self, predictor: PredictorParts, frame: Any, mask: Any, first_clip: int) -> None:
         room = MAX_SUPPORTS - self.initial_count
         if room <= 0:
             raise InputError(f"this session already has {self.initial_count} supports, the most the model uses; "
@@ -140,7 +147,7 @@ class _ClassState:
         images, masks = prepare_supports([frame], [mask])
         self.pending.append((first_clip, *predictor.transform(images, masks)))
 
-    def engine_for_clip(self, predictor: "Predictor", number: int) -> VideoSession:
+    def engine_for_clip(self, predictor: PredictorParts, number: int) -> VideoSession:
         """The engine session, started at the first clip (bad frames fail before any model work),
         with the corrections due by clip `number` among its supports."""
         segmenter = predictor.segmenter
@@ -160,7 +167,7 @@ class _FrameStream:
     """The frames of one video, segmented a clip at a time for each class of `classes`
     ({key: (support_images, support_masks)}): what `Session` and `ClassesSession` share."""
 
-    def __init__(self, predictor: "Predictor", classes: Mapping[Hashable, tuple], *, return_probabilities: bool,
+    def __init__(self, predictor: PredictorParts, classes: Mapping[Hashable, tuple], *, return_probabilities: bool,
                  keep_frames: bool, label=lambda key: ""):
         self.predictor = predictor
         self.return_probabilities = return_probabilities
@@ -269,7 +276,7 @@ class Session(_FrameStream):
     segmented; so does a session garbage-collected with such frames (`PendingFramesWarning`).
     """
 
-    def __init__(self, predictor: "Predictor", support_images: Any, support_masks: Any, *,
+    def __init__(self, predictor: PredictorParts, support_images: Any, support_masks: Any, *,
                  return_probabilities: bool = False, keep_frames: bool = False):
         super().__init__(predictor, {None: (support_images, support_masks)},
                          return_probabilities=return_probabilities, keep_frames=keep_frames)
@@ -313,7 +320,7 @@ class ClassesSession(_FrameStream):
     class.
     """
 
-    def __init__(self, predictor: "Predictor", classes: Mapping[str, tuple], *,
+    def __init__(self, predictor: PredictorParts, classes: Mapping[str, tuple], *,
                  return_probabilities: bool = False, keep_frames: bool = False):
         super().__init__(predictor, _checked_classes(classes), return_probabilities=return_probabilities,
                          keep_frames=keep_frames, label=lambda name: f"class {name!r}: ")
