@@ -82,11 +82,29 @@ def reuse_freed_memory() -> bool:
 
 
 def run_cli(main: Callable[[Sequence[str]], int], argv: Sequence[str] | None,
-            user_errors: Tuple[Type[BaseException], ...]) -> int:
-    """Run ``main(argv)``; exceptions of ``user_errors`` become ``error: <message>`` + exit 2."""
+            user_errors: Tuple[Type[BaseException], ...] = ()) -> int:
+    """Run ``main(argv)`` (``sys.argv[1:]`` when None) and return its exit status: the one error
+    boundary of every script (train, test, predict, reproduce, demo, ``python -m vipmt.export``,
+    ``python -m dataset.check``, ``python -m synthetic`` ...).
+
+    :class:`UserError`, the exceptions of ``user_errors`` (the caller's layer's own, e.g.
+    DatasetError) and OSErrors of the storage or its permissions (a full disk, a quota, a
+    read-only file system, EIO, EACCES: :data:`utils.fileio.STORAGE_ERRNOS`) become one line
+    ``error: <message>`` and exit status 2; Ctrl-C that reaches here becomes ``interrupted`` and
+    exit status 130. Neither prints a traceback; any other exception is a bug and keeps its own.
+    """
+    from .fileio import describe_os_error  # noqa: WPS433 - fileio imports this module's neighbours only
+
     try:
         return int(main(sys.argv[1:] if argv is None else list(argv)) or 0)
-    except user_errors as exc:
+    except (UserError, *user_errors) as exc:
         message = str(exc).strip() or type(exc).__name__
-        print(f"error: {message}", file=sys.stderr)
-        return EXIT_USER_ERROR
+    except OSError as exc:
+        message = describe_os_error(exc)
+        if message is None:
+            raise
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_USER_ERROR
