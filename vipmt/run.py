@@ -34,6 +34,7 @@ from utils.runtime import EXIT_FAILURE, EXIT_INTERRUPTED, UserError, resolve_dev
 from .build import (AMP_DTYPE, CONFIG_FILE, LAST_CHECKPOINT, LOG_FILE, backbone_weights_path, build_training_data,
                     build_training_parts, require_dataset, run_directory)
 from .cli import resolve_config
+from .loading import saved_config
 from .evaluation import validate_episodes
 from .hooks import Checkpointer, default_hooks
 from .training import Trainer, TrainingError
@@ -250,6 +251,7 @@ def _train_in(run_dir: str, cfg, values: Mapping[str, Any], *, hold: Optional[Ru
         if not is_resumable(resume_ckpt):
             raise UserError(f"--resume: {checkpoint_path!r} is not a resumable training checkpoint of this "
                             f"project (it has no optimizer/epoch state); test it with test.py --checkpoint")
+        saved_config(resume_ckpt, checkpoint_path)     # a bad saved value is named as the checkpoint's
         cfg, changes = _resolve_resumed_config(values, resume_ckpt, run_dir)
         require_dataset(cfg)
     elif os.path.exists(os.path.join(run_dir, LAST_CHECKPOINT)):
