@@ -16,6 +16,8 @@
     vipmt.predictor   Predictor (segment, segment_many, start -> Session: one frame at a time) and
                       the reading of videos and frame folders
     vipmt.inputs      the Predictor's supports: images and masks read and checked (InputError)
+    vipmt.export      python -m vipmt.export: a checkpoint's weights, settings and integrity
+                      record in a file to share (no optimizer state; --half: float16 weights)
 
 It sits between the scripts and the packages below it (models, dataset, config, utils), which
 never import it.
