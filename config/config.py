@@ -160,8 +160,9 @@ DEFAULTS = EasyDict(
                                                    # (~2.4-4.8 MB a frame at 240x424; 0 = the authors')
         "vc_window": 7,                            # window length of the VC_n metric
         "test_runs": 1,                            # repeat the test with seeds seed..seed+N-1
-        "test_bf16": False,                        # bfloat16 autocast in test.py (CUDA, or CPUs with
-                                                   # AVX512-BF16)
+        "test_bf16": False,                        # bfloat16 autocast in test.py (CUDA, or CPUs with native
+                                                   # bf16: 2.8x faster with AMX; slightly different masks,
+                                                   # docs/speed.md)
         "test_video_batch": 1,                     # test.py segments this many videos side by side, their
                                                    # clips stacked in one forward pass (fills a GPU; the
                                                    # same masks as one at a time)

@@ -29,7 +29,7 @@ from utils.fileio import WriteError, atomic_write_json, unwritable_reason
 from utils.log import setup_logging
 from utils.metrics import FewShotEvaluator, jaccard
 from utils.runlock import RunLock
-from utils.runtime import UserError, resolve_device, seed_everything
+from utils.runtime import UserError, log_bf16_advice, resolve_device, seed_everything
 from utils.visualize import save_video_visualisation
 
 from .build import (BEST_CHECKPOINT, CONFIG_FILE, TrainingData, amp_autocast, backbone_weights_path, build_model,
@@ -102,6 +102,7 @@ def make_segmenter(model, cfg):
         check_compiler()
         compile_model(model)
         logger.info("torch.compile (inductor): backbone and heads compile on their first clips of each shape")
+    log_bf16_advice(next(model.parameters()).device, cfg.test_bf16)    # a CPU with native bf16: a hint
     return VideoSegmenter(model, clip_length=cfg.clip_length, memory_threshold=cfg.memory_threshold,
                           memory_size=cfg.memory_size, autocast_dtype=torch.bfloat16 if cfg.test_bf16 else None)
 

@@ -27,7 +27,7 @@ import torch
 from config.config import DEFAULTS
 from dataset.transforms import TestTransform, letterbox_geometry
 from models import VIPMT, SupportEncoding, VideoSegmenter, VideoSession
-from utils.runtime import resolve_device
+from utils.runtime import log_bf16_advice, resolve_device
 from utils.video import VideoReader
 
 from .inputs import MAX_SUPPORTS, InputError, _check_rgb, _is_path, prepare_supports, read_image
@@ -384,6 +384,7 @@ class Predictor:
                         memory_size=chosen("memory_size", memory_size), memory_pool_size=memory_pool_size,
                         clip_length=chosen("clip_length", clip_length), bf16=bf16, seed=seed)
         predictor.checkpoint = loaded.description
+        log_bf16_advice(device, bf16)           # a CPU with native bf16: a hint (float32 stays the default)
         return predictor
 
     @property
