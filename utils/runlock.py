@@ -34,7 +34,7 @@ import threading
 import time
 from typing import Any, Dict, List, Optional
 
-from .fileio import failure_reason, write_error
+from .fileio import WriteError, failure_reason, write_error
 from .runtime import UserError
 from .tempnames import remove_temporaries
 
@@ -164,8 +164,8 @@ class RunLock:
             self._remove(created, made_dirs)
             self.release()
             error = write_error(self.path, exc)
-            raise type(error)(error.errno, f"{error}: the lock of {self.label} cannot be taken, "
-                              f"so nothing was written") from None
+            raise WriteError(error.errno, f"{error}: the lock of {self.label} cannot be taken, "
+                             f"so nothing was written") from None
         except BaseException:
             self.release()
             raise

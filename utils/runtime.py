@@ -15,6 +15,8 @@ from typing import Callable, Sequence, Tuple, Type
 import numpy as np
 import torch
 
+from .fileio import describe_os_error
+
 __all__ = ["UserError", "EXIT_USER_ERROR", "EXIT_FAILURE", "EXIT_INTERRUPTED", "resolve_device", "seed_everything",
            "run_cli", "RANK_SEED_STRIDE", "reuse_freed_memory", "native_bf16_cpu", "bf16_advice", "log_bf16_advice"]
 
@@ -158,8 +160,6 @@ def run_cli(main: Callable[[Sequence[str]], int], argv: Sequence[str] | None,
     ``error: <message>`` and exit status 2; Ctrl-C that reaches here becomes ``interrupted`` and
     exit status 130. Neither prints a traceback; any other exception is a bug and keeps its own.
     """
-    from .fileio import describe_os_error  # noqa: WPS433 - fileio imports this module's neighbours only
-
     try:
         return int(main(sys.argv[1:] if argv is None else list(argv)) or 0)
     except (UserError, *user_errors) as exc:
