@@ -8,6 +8,7 @@ from .config import (  # noqa: F401
     ConfigError,
     apply_overrides,
     complete_saved_config,
+    check_saved_config,
     check_image_size,
     config_to_dict,
     dataset_root,

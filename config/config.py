@@ -55,6 +55,8 @@ __all__ = [
     "unknown_key_error",
     "resume_changes",
     "complete_saved_config",
+    "check_saved_config",
+    "check_values",
     "LEGACY_VALUES",
     "RUN_DEFINING_KEYS",
     "OPTIMIZER_KEYS",
@@ -158,8 +160,9 @@ DEFAULTS = EasyDict(
                                                    # (~2.4-4.8 MB a frame at 240x424; 0 = the authors')
         "vc_window": 7,                            # window length of the VC_n metric
         "test_runs": 1,                            # repeat the test with seeds seed..seed+N-1
-        "test_bf16": False,                        # bfloat16 autocast in test.py (CUDA, or CPUs with
-                                                   # AVX512-BF16)
+        "test_bf16": False,                        # bfloat16 autocast in test.py (CUDA, or CPUs with native
+                                                   # bf16: 2.8x faster with AMX; slightly different masks,
+                                                   # docs/speed.md)
         "test_video_batch": 1,                     # test.py segments this many videos side by side, their
                                                    # clips stacked in one forward pass (fills a GPU; the
                                                    # same masks as one at a time)
@@ -414,52 +417,84 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     missing = sorted(set(DEFAULTS) - set(cfg))
     if missing:
         raise ConfigError(f"config is missing keys: {', '.join(missing)}")
-    check_image_size(cfg["image_size"])
-    if cfg["dataset"] not in DATASET_NAMES:
+    check_values(cfg)
+
+
+_POSITIVE_KEYS = ("support_shots", "query_frames", "clip_length", "episodes_per_class", "val_episodes_per_class",
+                  "epochs", "batch_size", "val_batch_size", "memory_size", "vc_window", "test_runs",
+                  "test_video_batch", "save_every", "validate_every", "log_every", "amp_max_consecutive_skips")
+
+
+def check_values(cfg: Mapping[str, Any]) -> None:
+    """The rules of :func:`validate_config` for the keys that ``cfg`` holds (typed values; a rule on
+    two keys applies when both are there); ConfigError naming the key and the value."""
+    def given(*keys: str) -> bool:
+        return all(key in cfg for key in keys)
+
+    if given("image_size"):
+        check_image_size(cfg["image_size"])
+    if given("dataset") and cfg["dataset"] not in DATASET_NAMES:
         raise ConfigError(f"dataset={cfg['dataset']!r}: expected one of {', '.join(DATASET_NAMES)}")
-    if not 1 <= cfg["group"] <= NUM_FOLDS:
+    if given("group") and not 1 <= cfg["group"] <= NUM_FOLDS:
         raise ConfigError(f"group={cfg['group']}: expected a fold number 1..{NUM_FOLDS}")
-    device = cfg["device"]
-    if not (device in DEVICE_CHOICES or (device.startswith("cuda:") and device[5:].isdigit())):
-        raise ConfigError(f"device={device!r}: expected auto, cpu, cuda or cuda:N")
-    positive = ("support_shots", "query_frames", "clip_length", "episodes_per_class",
-                "val_episodes_per_class", "epochs", "batch_size", "val_batch_size", "memory_size",
-                "vc_window", "test_runs", "test_video_batch", "save_every", "validate_every", "log_every", "amp_max_consecutive_skips")
-    for key in positive:
-        if cfg[key] < 1:
+    if given("device"):
+        device = cfg["device"]
+        if not (device in DEVICE_CHOICES or (device.startswith("cuda:") and device[5:].isdigit())):
+            raise ConfigError(f"device={device!r}: expected auto, cpu, cuda or cuda:N")
+    for key in _POSITIVE_KEYS:
+        if given(key) and cfg[key] < 1:
             raise ConfigError(f"{key}={cfg[key]}: expected a positive integer")
-    if cfg["num_workers"] != AUTO and cfg["num_workers"] < 0:
+    if given("num_workers") and cfg["num_workers"] != AUTO and cfg["num_workers"] < 0:
         raise ConfigError(f"num_workers={cfg['num_workers']}: expected an integer >= 0 or {AUTO!r}")
     for key in ("checkpoint_every_iters", "memory_pool_size", "predictor_memory_pool_size"):
-        if cfg[key] < 0:
+        if given(key) and cfg[key] < 0:
             raise ConfigError(f"{key}={cfg[key]}: expected >= 0")
-    if cfg["support_shots"] > MAX_SUPPORT_SHOTS:
+    if given("support_shots") and cfg["support_shots"] > MAX_SUPPORT_SHOTS:
         raise ConfigError(
             f"support_shots={cfg['support_shots']}: expected 1 to {MAX_SUPPORT_SHOTS}. The model's support "
             f"branch holds at most {MAX_SUPPORT_SHOTS} annotated images (the authors' 5-shot setting); "
             f"further frames are memory frames, which training and testing add themselves")
-    if cfg["query_frames"] % cfg["clip_length"] != 0:
+    if given("query_frames", "clip_length") and cfg["query_frames"] % cfg["clip_length"] != 0:
         raise ConfigError(
             f"query_frames={cfg['query_frames']} must be a multiple of clip_length="
             f"{cfg['clip_length']} (training cuts the query into whole clips)"
         )
     for key, default in DEFAULTS.items():       # nan passes every comparison below: reject it first
+        if not given(key):
+            continue
         values = cfg[key] if isinstance(default, (list, tuple)) else [cfg[key]]
         if any(isinstance(v, float) and not math.isfinite(v) for v in values):
             raise ConfigError(f"{key}={_show(cfg[key])}: expected a finite number (not nan or inf)")
-    if cfg["lr"] <= 0:
+    if given("lr") and cfg["lr"] <= 0:
         raise ConfigError(f"lr={_show(cfg['lr'])}: expected a learning rate > 0")
     for key in ("weight_decay", "grad_clip"):
-        if cfg[key] < 0:
+        if given(key) and cfg[key] < 0:
             raise ConfigError(f"{key}={_show(cfg[key])}: expected >= 0")
-    for beta in cfg["betas"]:
+    for beta in cfg.get("betas", ()):
         if not 0.0 <= beta < 1.0:
             raise ConfigError(f"betas={_show(cfg['betas'])}: each must be in [0, 1)")
-    if not 0.0 <= cfg["memory_threshold"] <= 1.0:
+    if given("memory_threshold") and not 0.0 <= cfg["memory_threshold"] <= 1.0:
         raise ConfigError(f"memory_threshold={cfg['memory_threshold']}: expected a value in [0, 1]")
     for key in ("loss_weight_main", "loss_weight_aux", "loss_weight_contrast", "loss_weight_score"):
-        if cfg[key] < 0:
+        if given(key) and cfg[key] < 0:
             raise ConfigError(f"{key}={cfg[key]}: expected >= 0")
+
+
+def check_saved_config(saved: Any) -> dict:
+    """The values of a config saved with a model (a checkpoint's ``config``), typed and checked key by
+    key as a config file's are: ``{known key: value}`` (keys of other versions are left out; None
+    -> ``{}``). ConfigError naming the first bad key; the caller names where the config came from.
+
+    Unlike :func:`update_config` the values are not completed with today's defaults before the
+    rules apply (a saved config may hold a few keys only), so only the rules on the keys it holds do.
+    """
+    if saved is None:
+        return {}
+    if not isinstance(saved, Mapping):
+        raise ConfigError(f"the saved config is a {type(saved).__name__}, not a mapping of key: value")
+    typed = {key: _check_value_type(key, value, DEFAULTS[key]) for key, value in saved.items() if key in DEFAULTS}
+    check_values(typed)
+    return typed
 
 
 def resume_changes(saved: Mapping[str, Any], new: Mapping[str, Any]) -> dict:
@@ -531,22 +566,38 @@ def save_config(cfg: Mapping[str, Any], path: str, record_environment: bool = Tr
 
 
 def read_config_file(path: str) -> dict:
-    """The raw ``key: value`` mapping of a YAML/JSON config file (keys and types checked)."""
+    """The raw ``key: value`` mapping of a YAML/JSON config file (keys and types checked).
+
+    An empty file (or one of comments and blank lines only) is an empty mapping: the defaults.
+    """
+    if os.path.isdir(path):
+        raise ConfigError(f"config file {path!r} is a directory; expected a YAML (.yaml/.yml) or JSON file")
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path!r} does not exist")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise ConfigError(f"config file {path!r} could not be read: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8-sig")          # a byte-order mark (Windows editors) is not a key
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path!r} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset "
+                          f"{exc.start}); expected a YAML or JSON file of key: value lines, saved as UTF-8") from None
     try:
         if path.endswith((".yaml", ".yml")):
             import yaml
 
             data = yaml.safe_load(text)
         else:
-            data = json.loads(text)
+            data = json.loads(text) if text.strip() else None
     except Exception as exc:  # noqa: BLE001 - any parse error becomes one clear message
         raise ConfigError(f"config file {path!r} could not be parsed: {exc}") from None
+    if data is None:                # nothing in it (YAML's empty document is None): no values
+        data = {}
     if not isinstance(data, Mapping):
-        raise ConfigError(f"config file {path!r} must hold a mapping of key: value")
+        raise ConfigError(f"config file {path!r} must hold a mapping of key: value "
+                          f"(found a {type(data).__name__})")
     data = {k: v for k, v in data.items() if k != ENVIRONMENT_KEY}
     try:
         update_config(get_config(), data)

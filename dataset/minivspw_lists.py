@@ -50,6 +50,7 @@ from tqdm import tqdm
 
 from .errors import DatasetError
 from utils.fileio import atomic_write_text
+from utils.runtime import run_cli
 from .minivspw import (FRAMES_RELDIR, LISTS_RELDIR, MASK_FOLDER, MASK_SUFFIX, cache_file,
                        class_file, list_file, read_label_image, write_index_cache)
 
@@ -366,6 +367,11 @@ def report_check(results: list[FileCheck], lists_dir: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line (``argv``: None reads sys.argv) through the scripts' error boundary."""
+    return run_cli(_main, argv, (DatasetError,))
+
+
+def _main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m dataset.minivspw_lists",
         description="Generate the MiniVSPW fold lists from VSPW 480p, or check a set of lists against "
@@ -384,20 +390,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=max(1, min(8, os.cpu_count() or 1)))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        if args.check:
-            return 1 if report_check(check_lists(args.check), args.check) else 0
-        spec = None
-        if args.fold_spec:
-            try:
-                with open(args.fold_spec, "rb") as handle:
-                    spec = json.load(handle)
-            except (OSError, ValueError) as err:
-                raise DatasetError(f"cannot read the fold spec {args.fold_spec}: {err}") from None
-        out = generate_lists(args.vspw_root, args.out, args.label_file, spec, args.min_pixels, args.workers)
-    except DatasetError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    if args.check:
+        return 1 if report_check(check_lists(args.check), args.check) else 0
+    spec = None
+    if args.fold_spec:
+        try:
+            with open(args.fold_spec, "rb") as handle:
+                spec = json.load(handle)
+        except (OSError, ValueError) as err:
+            raise DatasetError(f"cannot read the fold spec {args.fold_spec}: {err}") from None
+    out = generate_lists(args.vspw_root, args.out, args.label_file, spec, args.min_pixels, args.workers)
     print(f"MiniVSPW lists written to {out}")
     if spec is None and args.min_pixels == MIN_CLASS_PIXELS:
         differ = [r.name for r in check_lists(out) if r.ok is False]

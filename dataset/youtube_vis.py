@@ -245,16 +245,24 @@ def _index_cached(path: str, size: int, mtime_ns: int) -> YouTubeVISIndex:
             raise _fail_structure(path, f"missing list '{key}'")
 
     videos_by_id: dict[Any, VideoRecord] = {}
+    position_of_id: dict[Any, int] = {}
     for position, video in enumerate(data["videos"]):
         try:
             file_names = list(video["file_names"])
             record = VideoRecord(name=file_names[0].replace("\\", "/").split("/")[0],
                                  file_names=file_names, height=int(video["height"]),
                                  width=int(video["width"]))
-            videos_by_id[video["id"]] = record
+            video_id = video["id"]
+            first = position_of_id.setdefault(video_id, position)
         except (KeyError, TypeError, IndexError, ValueError):
             raise _fail_structure(path, f"video entry #{position} lacks 'id', 'file_names', "
                                   f"'height' or 'width'") from None
+        if first != position:       # the annotations of one would be read as the other's
+            raise DatasetError(
+                f"{path}: video id {video_id!r} is given twice, to video entry #{first} (folder "
+                f"{videos_by_id[video_id].name!r}) and to entry #{position} (folder {record.name!r}); each "
+                f"video needs its own id (the annotations name their video by it)")
+        videos_by_id[video_id] = record
 
     segmentations: list[list[Any]] = []
     unknown_categories: dict[int, int] = {}

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from typing import Sequence
 
 from dataset.errors import DatasetError
+from utils.runtime import run_cli
 
 from .vspw import write_synthetic_vspw
 from .youtube_vis import write_synthetic_youtube_vis
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line (``argv``: None reads sys.argv) through the scripts' error boundary."""
+    return run_cli(_main, argv, (DatasetError,))
+
+
+def _main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m synthetic",
         description="Write a small synthetic dataset in the YouTube-VIS 2019 or VSPW 480p format.")
@@ -36,21 +41,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="replace a synthetic dataset written with other parameters")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        start = time.perf_counter()
-        if args.format == "youtube_vis":
-            write_synthetic_youtube_vis(
-                args.root, args.seed, videos_per_class=args.videos_per_class or 8,
-                frames_per_video=args.frames or 7, frame_size=(args.height, args.width),
-                portrait_videos=args.portrait_videos, overwrite=args.overwrite)
-        else:
-            write_synthetic_vspw(
-                args.root, args.seed, val_videos_per_class=args.videos_per_class or 6,
-                train_videos_per_class=args.train_videos_per_class, frames_per_video=args.frames or 6,
-                frame_size=(args.height, args.width), write_lists=not args.no_lists,
-                overwrite=args.overwrite)
-    except DatasetError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    start = time.perf_counter()
+    if args.format == "youtube_vis":
+        write_synthetic_youtube_vis(
+            args.root, args.seed, videos_per_class=args.videos_per_class or 8,
+            frames_per_video=args.frames or 7, frame_size=(args.height, args.width),
+            portrait_videos=args.portrait_videos, overwrite=args.overwrite)
+    else:
+        write_synthetic_vspw(
+            args.root, args.seed, val_videos_per_class=args.videos_per_class or 6,
+            train_videos_per_class=args.train_videos_per_class, frames_per_video=args.frames or 6,
+            frame_size=(args.height, args.width), write_lists=not args.no_lists,
+            overwrite=args.overwrite)
     print(f"{args.format} dataset ready in {args.root} ({time.perf_counter() - start:.1f} s)")
     return 0

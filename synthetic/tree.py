@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from dataset.errors import DatasetError
-from utils.fileio import atomic_write_json
+from utils.fileio import atomic_write_json, write_file_checked
 
 logger = logging.getLogger(__name__)
 
@@ -86,16 +86,14 @@ def write_jpeg(path: str, image_rgb: np.ndarray) -> None:
     ok, payload = cv2.imencode(".jpg", image_rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     if not ok:
         raise DatasetError(f"cannot encode {path} as JPEG")
-    with open(path, "wb") as handle:
-        handle.write(payload.tobytes())
+    write_file_checked(path, payload.tobytes(), fsync=False)      # a full disk: WriteError naming the file
 
 
 def write_png(path: str, labels: np.ndarray) -> None:
     ok, payload = cv2.imencode(".png", labels.astype(np.uint8))
     if not ok:
         raise DatasetError(f"cannot encode {path} as PNG")
-    with open(path, "wb") as handle:
-        handle.write(payload.tobytes())
+    write_file_checked(path, payload.tobytes(), fsync=False)      # a full disk: WriteError naming the file
 
 
 def check_frame_size(frame_size: Sequence[int]) -> tuple[int, int]:

@@ -354,7 +354,7 @@ def test_extreme_aspect_ratio_is_a_clear_error(workspace, tmp_path, capsys):
 
 
 def test_a_checkpoint_changed_on_disk_is_refused(workspace, tmp_path, capsys):
-    root, checkpoint = workspace[0], workspace[1]
+    checkpoint = workspace[1]
     data = bytearray(checkpoint.read_bytes())
     middle = len(data) // 2 // 4 * 4                         # inside the backbone's weights
     data[middle:middle + 4] = np.float32(3e38).tobytes()     # finite: only the archive's CRC tells

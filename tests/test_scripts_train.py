@@ -7,11 +7,9 @@ run lock, resume with changed values, periodic and metrics files, AMP's skipped 
 guard.
 """
 import contextlib
-import json
 import math
 import os
 import re
-import shutil
 import signal
 import socket
 import struct

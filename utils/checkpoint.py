@@ -169,23 +169,20 @@ def save_checkpoint(
         "rng": list(rng_states) if rng_states is not None else [capture_rng_state()],
         "environment": environment_info(),
     })
-    clash = sorted(set(extra or {}) & set(ckpt))
-    if clash:
-        raise ValueError(f"save_checkpoint: extra fields {clash} would replace the checkpoint's own; pass them "
-                         f"as keywords")
-    ckpt.update(extra or {})
+    _add_extra(ckpt, extra, "save_checkpoint")
     return _save_with_integrity(ckpt, path)
 
 
 def save_weights(
     path: str,
     *,
-    model: torch.nn.Module,
-    epoch: int,
+    model: "torch.nn.Module | Mapping[str, torch.Tensor]",
+    epoch: Optional[int],
     config: Optional[Mapping[str, Any]] = None,
     best_metric: Optional[float] = None,
     best_epoch: Optional[int] = None,
     metrics: Optional[Mapping[str, Any]] = None,
+    extra: Optional[Mapping[str, Any]] = None,
 ) -> str:
     """Write a weights-only checkpoint atomically (model, config, epoch; for testing, not resuming).
 
@@ -194,22 +191,36 @@ def save_weights(
     tensors per trainable parameter, so for the 240x424 model (132.0 M values in the state dict,
     108.3 M trainable) this is 528 MB instead of 1395 MB. ``load_checkpoint`` and
     ``test.py --checkpoint`` read it; :func:`is_resumable` is False for it (no optimizer).
+    ``model``: a module, or its state dict as it is to be written (e.g. float16 tensors,
+    ``python -m vipmt.export --half``); ``epoch`` None: unknown (a file that did not say);
+    ``extra``: further top-level fields, never one of the checkpoint's own (ValueError).
     """
     ckpt = _layout(CONTENTS_WEIGHTS, model=model, epoch=epoch, config=config, best_metric=best_metric,
                    best_epoch=best_epoch, metrics=metrics)
+    _add_extra(ckpt, extra, "save_weights")
     return _save_with_integrity(ckpt, path)
 
 
-def _layout(contents: str, *, model: torch.nn.Module, epoch: int, config: Optional[Mapping[str, Any]],
-            best_metric: Optional[float], best_epoch: Optional[int],
+def _add_extra(ckpt: Dict[str, Any], extra: Optional[Mapping[str, Any]], caller: str) -> None:
+    clash = sorted(set(extra or {}) & (set(ckpt) | {INTEGRITY_KEY}))
+    if clash:
+        raise ValueError(f"{caller}: extra fields {clash} would replace the checkpoint's own; pass them "
+                         f"as keywords")
+    ckpt.update(extra or {})
+
+
+def _layout(contents: str, *, model: "torch.nn.Module | Mapping[str, torch.Tensor]", epoch: Optional[int],
+            config: Optional[Mapping[str, Any]], best_metric: Optional[float], best_epoch: Optional[int],
             metrics: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
     """The fields every checkpoint of ours holds (see the module docstring); full ones add the rest."""
+    state = (_cpu_state_dict(model) if isinstance(model, torch.nn.Module)
+             else OrderedDict((k, v.detach().cpu()) for k, v in model.items()))
     return {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
         "contents": contents,
-        "state_dict": _cpu_state_dict(model),
-        "epoch": int(epoch),
+        "state_dict": state,
+        "epoch": None if epoch is None else int(epoch),
         "config": plain_data(config) if config is not None else None,
         "best_metric": None if best_metric is None else float(best_metric),
         "best_epoch": None if best_epoch is None else int(best_epoch),

@@ -7,8 +7,11 @@ steps) the destination keeps its previous content and the temporary file is remo
 (or, after a hard kill, left as a hidden ``.<name>.tmp*`` file that is never read).
 
 Every failed or short write (a full disk, EIO, a quota) raises :class:`WriteError`, an
-``OSError`` whose message names the destination and the free space left there; the scripts
-report it as one ``error:`` line with exit status 2 (vipmt.cli.user_error_types).
+``OSError`` whose message names the destination and the free space left there (on a read-only
+file system: that it is one, where free space and permissions do not matter); the scripts
+report it as one ``error:`` line with exit status 2 (vipmt.cli.user_error_types). Other
+OSErrors of the storage or its permissions that reach a script's boundary are described by
+:func:`describe_os_error` (utils.runtime.run_cli).
 """
 from __future__ import annotations
 
@@ -24,7 +27,15 @@ from .tempnames import temp_path as _temp_path
 
 __all__ = ["WriteError", "write_error", "free_space", "write_file_checked", "fsync_file", "atomic_copy", "atomic_write",
            "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_torch_save",
-           "remove_stale_temporaries", "unwritable_reason"]
+           "remove_stale_temporaries", "unwritable_reason", "read_only_mount", "describe_os_error", "failure_reason",
+           "STORAGE_ERRNOS"]
+
+# OSErrors that come from the storage or its permissions, not from the code: a script reports them
+# as one ``error:`` line (utils.runtime.run_cli) instead of a traceback.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO, errno.EACCES,
+                            errno.EPERM, errno.ESTALE, errno.ENAMETOOLONG, errno.EMFILE, errno.ENFILE})
+# those after which the free space is worth naming
+_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
 
 class WriteError(OSError):
     """A write that failed or came up short; the message names the path and the free space there."""
@@ -33,19 +44,40 @@ class WriteError(OSError):
         return self.strerror or super().__str__()
 
 
-def free_space(path: str) -> str:
-    """'<n> free on <mount point>' for the file system holding ``path`` (or its nearest existing parent)."""
+def _existing(path: str) -> str:
+    """``path`` made absolute, or its nearest existing parent."""
     place = os.path.abspath(path)
     while not os.path.exists(place):
         place = os.path.dirname(place)
+    return place
+
+
+def _mount_point(place: str) -> str:
+    mount = place
+    while not os.path.ismount(mount):
+        mount = os.path.dirname(mount)
+    return mount
+
+
+def free_space(path: str) -> str:
+    """'<n> free on <mount point>' for the file system holding ``path`` (or its nearest existing parent)."""
+    place = _existing(path)
     try:
         free = shutil.disk_usage(place).free
     except OSError:  # pragma: no cover - e.g. a path that vanished meanwhile
         return "free space unknown"
-    mount = place
-    while not os.path.ismount(mount):
-        mount = os.path.dirname(mount)
-    return f"{_human_bytes(free)} free on {mount}"
+    return f"{_human_bytes(free)} free on {_mount_point(place)}"
+
+
+def read_only_mount(path: str) -> "str | None":
+    """The mount point of the file system holding ``path`` (or its nearest existing parent) when that
+    file system is mounted read-only, else None. No chmod helps there, only another location."""
+    place = _existing(path)
+    try:
+        read_only = bool(os.statvfs(place).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # pragma: no cover - no statvfs (Windows)
+        return None
+    return _mount_point(place) if read_only else None
 
 
 def _human_bytes(count: int) -> str:
@@ -77,8 +109,37 @@ def write_error(path: str, exc: BaseException) -> "WriteError | None":
             # torch.save's zip writer reports a failed write like this, without its OSError
             return WriteError(errno.EIO, f"cannot write {path!r}: the write failed ({free_space(path)})")
         return None
+    return WriteError(cause.errno, f"cannot write {path!r}: {failure_reason(path, cause)}")
+
+
+def failure_reason(path: str, cause: OSError) -> str:
+    """What went wrong with ``path``: the system's words, then the free space (a full disk, a quota,
+    EIO) or, on a read-only file system, that it is one (free space and permissions do not matter)."""
     reason = cause.strerror or str(cause)
-    return WriteError(cause.errno, f"cannot write {path!r}: {reason} ({free_space(path)})")
+    mount = read_only_mount(path) if cause.errno in (errno.EROFS, errno.EACCES, errno.EPERM) else None
+    if cause.errno == errno.EROFS or mount is not None:
+        return (f"the file system at {mount or _mount_point(_existing(path))} is mounted read-only; "
+                f"choose a location on another file system")
+    if cause.errno in _SPACE_ERRNOS or cause.errno not in STORAGE_ERRNOS:
+        return f"{reason} ({free_space(path)})"
+    return reason
+
+
+def describe_os_error(exc: OSError) -> "str | None":
+    """One line for an OSError of the storage or its permissions (:data:`STORAGE_ERRNOS`) that reached a
+    script's boundary, naming the file (or, without one, where it was raised); None for other errors."""
+    if isinstance(exc, WriteError):
+        return str(exc)
+    if exc.errno not in STORAGE_ERRNOS:
+        return None
+    if isinstance(exc.filename, (str, bytes)):
+        path = os.fsdecode(exc.filename)
+        return f"{path!r}: {failure_reason(path, exc)}"
+    import traceback  # noqa: WPS433 - only on this path
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" (in {frames[-1].filename}:{frames[-1].lineno}, {frames[-1].name})" if frames else ""
+    return f"{exc.strerror or exc}{where}"
 
 
 def write_file_checked(path: str, data: bytes, *, fsync: bool = True) -> None:
@@ -140,6 +201,9 @@ def unwritable_reason(directory: str) -> "str | None":
     if not os.path.isdir(path):
         kind = "a file" if os.path.isfile(path) else "something else"
         return f"{path!r} is {kind}, not a directory"
+    mount = read_only_mount(path)
+    if mount is not None:           # no permission helps there
+        return f"{path!r} is on a read-only file system (mounted read-only at {mount}): nothing can be written there"
     if not os.access(path, os.W_OK | os.X_OK):
         return f"no permission to create files in {path!r}"
     return None

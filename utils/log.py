@@ -3,7 +3,8 @@
 Libraries only call ``logging.getLogger(__name__)``; the scripts call :func:`setup_logging`
 once. On DDP ranks other than 0 only warnings and errors reach the console and no file is
 written. A log file that cannot be written (a full disk) costs one warning on stderr, not a
-traceback per record; a record logged with ``extra=FILE_ONLY`` goes to the file only (e.g. the
+traceback per record, nor one when the file is flushed or closed (replacing the handlers, at
+exit); a record logged with ``extra=FILE_ONLY`` goes to the file only (e.g. the
 ``error:`` line that the scripts' wrapper prints on stderr itself).
 """
 from __future__ import annotations
@@ -36,16 +37,34 @@ class TqdmHandler(logging.StreamHandler):
 
 
 class QuietFileHandler(logging.FileHandler):
-    """A log file whose failed writes (ENOSPC, EIO) are reported once on stderr, then skipped."""
+    """A log file whose failed writes (ENOSPC, EIO) are reported once on stderr, then skipped.
+
+    A failed write leaves the record in the file's buffer, so flushing and closing the file fail
+    again: they are reported the same way (once), never raised.
+    """
 
     _failed = False
 
     def handleError(self, record: logging.LogRecord) -> None:
+        self._report(sys.exc_info()[1])
+
+    def _report(self, error: "BaseException | None") -> None:
         if not self._failed:
             self._failed = True
-            error = sys.exc_info()[1]
             print(f"warning: cannot write the log file {self.baseFilename!r} "
                   f"({getattr(error, 'strerror', None) or error}); its later lines are lost", file=sys.stderr)
+
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except OSError as error:
+            self._report(error)
+
+    def close(self) -> None:
+        try:
+            super().close()         # closes the descriptor even when the last flush fails
+        except OSError as error:
+            self._report(error)
 
 
 def _not_file_only(record: logging.LogRecord) -> bool:

@@ -34,6 +34,7 @@ import threading
 import time
 from typing import Any, Dict, List, Optional
 
+from .fileio import WriteError, failure_reason, write_error
 from .runtime import UserError
 from .tempnames import remove_temporaries
 
@@ -89,6 +90,24 @@ def _describe(record: Optional[Dict[str, Any]]) -> str:
     return text
 
 
+def _missing_directories(directory: str) -> List[str]:
+    """The folders ``os.makedirs(directory)`` would create, deepest first."""
+    missing = []
+    path = os.path.abspath(directory)
+    while not os.path.lexists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
+
+
+def _open_lock_file(path: str) -> "tuple[int, bool]":
+    """(descriptor, whether this call created the file) of the lock file ``path``."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666), True
+    except FileExistsError:
+        return os.open(path, os.O_RDWR), False
+
+
 class RunLock:
     """Exclusive, crash-safe lock of one run directory (see the module docstring).
 
@@ -122,11 +141,13 @@ class RunLock:
         if other is not None:
             raise RunLockError(f"{self.label} is already locked by this process "
                                f"(pid {os.getpid()}); it serves one run at a time")
+        made_dirs = _missing_directories(self.run_dir)
         try:
             os.makedirs(self.run_dir, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            fd, created = _open_lock_file(self.path)
         except OSError as exc:
-            raise UserError(f"cannot create the lock file {self.path!r}: {exc.strerror}") from None
+            self._remove(False, made_dirs)
+            raise UserError(f"cannot create the lock file {self.path!r}: {failure_reason(self.path, exc)}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -139,12 +160,29 @@ class RunLock:
         self._fd = fd
         try:
             self._write_record()
+        except OSError as exc:          # a full disk, a quota: nothing is left of this attempt
+            self._remove(created, made_dirs)
+            self.release()
+            error = write_error(self.path, exc)
+            raise WriteError(error.errno, f"{error}: the lock of {self.label} cannot be taken, "
+                             f"so nothing was written") from None
         except BaseException:
             self.release()
             raise
         with _HELD_GUARD:
             _HELD[self._key] = self
         return self
+
+    def _remove(self, lock_file: bool, directories: List[str]) -> None:
+        """Delete the lock file (still held: no other process can have locked it) and the folders
+        this failed acquire created, so that it leaves nothing behind."""
+        try:
+            if lock_file:
+                os.unlink(self.path)
+            for directory in directories:             # deepest first
+                os.rmdir(directory)
+        except OSError:
+            pass
 
     def _wait_for_record(self) -> Optional[Dict[str, Any]]:
         deadline = time.monotonic() + HOLDER_RECORD_WAIT_S

@@ -25,6 +25,8 @@
     vipmt.inputs      frames and supports: images and masks read and checked
     vipmt.errors      VIPMTError, the API's one base class of errors, and its kinds (InputError, ...)
     vipmt.outputs     predict.py's output folder, written all or nothing
+    vipmt.export      python -m vipmt.export: a checkpoint's weights, settings and integrity
+                      record in a file to share (no optimizer state; --half: float16 weights)
 
 It sits between the scripts and the packages below it (models, dataset, config, utils), which
 never import it.

@@ -12,14 +12,13 @@ user can fix into one ``error: ...`` line and exit status 2, and Ctrl-C into exi
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any, Callable, Mapping, Optional, Sequence, Tuple, Type
 
 from config import ConfigError, get_config, update_config
 from config.cli import add_config_arguments, add_config_option, explicit_values
 from utils.checkpoint import CheckpointError
 from utils.fileio import WriteError
-from utils.runtime import EXIT_INTERRUPTED, UserError, run_cli
+from utils.runtime import UserError, run_cli
 
 __all__ = ["script_parser", "add_config_arguments", "add_config_option", "explicit_values", "resolve_config", "user_error_types",
            "run", "HelpFormatter"]
@@ -88,13 +87,9 @@ def user_error_types() -> Tuple[Type[BaseException], ...]:
 
 
 def run(main: Callable[[Sequence[str]], int], argv: Optional[Sequence[str]] = None) -> int:
-    """Run a script's ``main(argv)`` (``sys.argv[1:]`` when None) and return its exit status.
-
-    Ctrl-C that reaches here (outside the training loop, which handles it itself) ends the
-    script with status 130 and one line, without a traceback.
+    """Run a script's ``main(argv)`` (``sys.argv[1:]`` when None) and return its exit status, through
+    the scripts' one error boundary (:func:`utils.runtime.run_cli`) with :func:`user_error_types`:
+    bad input and a full disk are one ``error:`` line and status 2; Ctrl-C that reaches here
+    (outside the training loop, which handles it itself) is status 130 and one line.
     """
-    try:
-        return run_cli(main, argv, user_error_types())
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    return run_cli(main, argv, user_error_types())

@@ -3,16 +3,18 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 import torch
 
-from config import DEFAULTS
-from utils.checkpoint import is_our_checkpoint, load_checkpoint, load_model_state
+from config import DEFAULTS, ConfigError, check_saved_config
+from utils.checkpoint import CheckpointError, is_our_checkpoint, load_checkpoint, load_model_state
 from utils.runtime import resolve_device
 
 __all__ = ["CHECKPOINT_HINT", "LoadedModel", "TrainedCheckpoint", "read_trained_checkpoint", "model_from_checkpoint",
-           "load_trained_model"]
+           "load_trained_model", "saved_config", "WEIGHTS_DTYPE_KEY"]
+
+WEIGHTS_DTYPE_KEY = "weights_dtype"   # "float16" in a file of `python -m vipmt.export --half` (loaded as float32)
 
 CHECKPOINT_HINT = ("Expected a VIPMT checkpoint with the reference parameter names (ours, or the authors' "
                    "{'state_dict': ...} file). The score head's size depends on the image size: the "
@@ -41,16 +43,34 @@ class TrainedCheckpoint:
         return (self.config or {}).get("image_size")
 
 
+def saved_config(ckpt: Mapping[str, Any], path: str) -> Optional[Dict[str, Any]]:
+    """The config saved in our checkpoint ``ckpt`` (read from ``path``), checked key by key as a config
+    file's (None for the authors' files, which have none). A bad value is a CheckpointError naming
+    the checkpoint and the key: it comes from the file, not from the command line."""
+    if not is_our_checkpoint(ckpt):
+        return None
+    saved = ckpt.get("config")
+    try:
+        check_saved_config(saved)
+    except ConfigError as exc:
+        raise CheckpointError(f"checkpoint {path!r} holds an invalid saved config: {exc}. The checkpoint's "
+                              f"config was changed after training wrote it (or by another program); use "
+                              f"another checkpoint, or correct that key in it") from None
+    return saved
+
+
 def read_trained_checkpoint(path: Union[str, os.PathLike], *, trusted: bool = False) -> TrainedCheckpoint:
     """Read our checkpoint, the authors' ``{'state_dict': ...}`` file or a bare state dict
     (CheckpointError when missing or unreadable; ``trusted`` as in :func:`load_trained_model`)."""
     path = os.fspath(path)
     ckpt = load_checkpoint(path, trusted=trusted)
     ours = is_our_checkpoint(ckpt)
+    saved = saved_config(ckpt, path)          # a bad saved value: CheckpointError naming the file and key
     epoch = ckpt.get("epoch")
     kind = "ours" if ours else "authors'/plain state dict"
-    return TrainedCheckpoint(path=path, contents=ckpt, config=ckpt.get("config") if ours else None,
-                             description=f"{path} ({kind}{'' if epoch is None else f', epoch {epoch}'})")
+    halved = ", float16 weights" if ours and ckpt.get(WEIGHTS_DTYPE_KEY) == "float16" else ""
+    return TrainedCheckpoint(path=path, contents=ckpt, config=saved,
+                             description=f"{path} ({kind}{'' if epoch is None else f', epoch {epoch}'}{halved})")
 
 
 def model_from_checkpoint(trained: TrainedCheckpoint, image_size: Sequence[int],

@@ -29,7 +29,7 @@ from config.config import DEFAULTS, ConfigError
 from dataset.transforms import TestTransform
 from models import VIPMT, ModelError, VideoSegmenter
 from utils.checkpoint import CheckpointError
-from utils.runtime import UserError, resolve_device
+from utils.runtime import UserError, log_bf16_advice, resolve_device
 
 from .errors import InputError, ModelFileError, VIPMTError
 from .inputs import prepare_supports, read_image
@@ -152,6 +152,7 @@ class Predictor:
                         memory_size=chosen("memory_size", memory_size), memory_pool_size=memory_pool_size,
                         clip_length=chosen("clip_length", clip_length), bf16=bf16, seed=seed)
         predictor.checkpoint = loaded.description
+        log_bf16_advice(device, bf16)           # a CPU with native bf16: a hint (float32 stays the default)
         return predictor
 
     @property

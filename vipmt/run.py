@@ -38,6 +38,7 @@ from .cli import resolve_config
 from .hooks import default_hooks
 from .rundir import run_contents
 from .signals import StopSignals
+from .loading import saved_config
 from .training import Trainer, TrainingError
 from .validation import ValidationHook, validate_episodes
 
@@ -234,6 +235,7 @@ def _train_in(run_dir: str, cfg, values: Mapping[str, Any], *, hold: Optional[Ru
         if not is_resumable(resume_ckpt):
             raise UserError(f"--resume: {checkpoint_path!r} is not a resumable training checkpoint of this "
                             f"project (it has no optimizer/epoch state); test it with test.py --checkpoint")
+        saved_config(resume_ckpt, checkpoint_path)     # a bad saved value is named as the checkpoint's
         cfg, changes = _resolve_resumed_config(values, resume_ckpt, run_dir)
         require_dataset(cfg)
     else:

@@ -12,7 +12,7 @@ from typing import Any, Dict
 
 import torch
 
-from utils.runtime import UserError
+from utils.runtime import UserError, log_bf16_advice
 
 __all__ = ["COMPILED_MODULES", "check_compiler", "compile_model", "compile_seconds", "make_segmenter",
            "engine_settings"]
@@ -67,6 +67,7 @@ def make_segmenter(model, cfg):
         check_compiler()
         compile_model(model)
         logger.info("torch.compile (inductor): backbone and heads compile on their first clips of each shape")
+    log_bf16_advice(next(model.parameters()).device, cfg.test_bf16)    # a CPU with native bf16: a hint
     return VideoSegmenter(model, clip_length=cfg.clip_length, memory_threshold=cfg.memory_threshold,
                           memory_size=cfg.memory_size, memory_pool_size=cfg.memory_pool_size,
                           autocast_dtype=torch.bfloat16 if cfg.test_bf16 else None)
