@@ -229,7 +229,7 @@ def test_atomic_copy_is_a_snapshot(tmp_path):
 
 
 def test_remove_stale_temporaries_deletes_only_interrupted_writes(tmp_path):
-    from utils.fileio import remove_stale_temporaries
+    from utils.runlock import remove_stale_temporaries
 
     atomic_write_text(str(tmp_path / "config.yaml"), "a: 1\n")
     stale = [".last.pth.tmp4242_0123abcd", ".config.yaml.tmp7_ffffffff"]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from utils.fileio import remove_stale_temporaries
+from utils.runlock import remove_stale_temporaries
 from utils.runlock import LOCK_FILE, RunLock, RunLockError, held_run_lock, read_holder
 from utils.runtime import EXIT_USER_ERROR, UserError
 

@@ -27,7 +27,7 @@ from .tempnames import temp_path as _temp_path
 
 __all__ = ["WriteError", "write_error", "free_space", "write_file_checked", "fsync_file", "atomic_copy", "atomic_write",
            "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_torch_save",
-           "remove_stale_temporaries", "unwritable_reason", "read_only_mount", "describe_os_error", "failure_reason",
+           "unwritable_reason", "read_only_mount", "describe_os_error", "failure_reason",
            "STORAGE_ERRNOS"]
 
 # OSErrors that come from the storage or its permissions, not from the code: a script reports them
@@ -170,22 +170,6 @@ def fsync_file(path: str) -> None:
             os.close(fd)
     except OSError as exc:
         raise write_error(path, exc) from None
-
-
-def remove_stale_temporaries(directory: str) -> list:
-    """Delete the temporaries that writes killed mid-way (kill -9) left in `directory`; returns their names.
-
-    A write in progress looks exactly like an interrupted one, so this runs only under the
-    directory's run lock (:mod:`utils.runlock`): the one this process holds, else one taken for
-    the moment of the deletion, which is refused (RunLockError, naming the holder's pid and
-    host) while another process holds it.
-    """
-    from .runlock import RunLock, held_run_lock  # noqa: WPS433 - runlock imports torch (utils.runtime)
-
-    if held_run_lock(directory) is not None:
-        return remove_temporaries(directory)
-    with RunLock(directory):
-        return remove_temporaries(directory)
 
 
 def unwritable_reason(directory: str) -> "str | None":

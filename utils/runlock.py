@@ -13,7 +13,7 @@ replaced (a new inode would let a second process lock it while the first still h
 one). Forked children (DataLoader workers) share the lock; they end with their parent.
 
 Deleting the hidden temporaries that killed writes leave behind is only safe while no other
-process writes in the directory, so :func:`utils.fileio.remove_stale_temporaries` runs under
+process writes in the directory, so :func:`utils.runlock.remove_stale_temporaries` runs under
 this lock: the process's held lock of that directory, or a lock taken for the moment of the
 deletion (and refused, naming the holder, while another process holds it).
 
@@ -38,7 +38,7 @@ from .fileio import WriteError, failure_reason, write_error
 from .runtime import UserError
 from .tempnames import remove_temporaries
 
-__all__ = ["LOCK_FILE", "RunLock", "RunLockError", "held_run_lock", "read_holder"]
+__all__ = ["LOCK_FILE", "RunLock", "RunLockError", "held_run_lock", "read_holder", "remove_stale_temporaries"]
 
 LOCK_FILE = ".lock"
 # A holder writes its record right after locking; a reader that finds the file empty in that
@@ -230,3 +230,17 @@ class RunLock:
 
     def __repr__(self) -> str:
         return f"RunLock({self.run_dir!r}, held={self.held})"
+
+
+def remove_stale_temporaries(directory: str) -> list:
+    """Delete the temporaries that writes killed mid-way (kill -9) left in `directory`; returns their names.
+
+    A write in progress looks exactly like an interrupted one, so this runs only under the
+    directory's run lock: the one this process holds, else one taken for
+    the moment of the deletion, which is refused (RunLockError, naming the holder's pid and
+    host) while another process holds it.
+    """
+    if held_run_lock(directory) is not None:
+        return remove_temporaries(directory)
+    with RunLock(directory):
+        return remove_temporaries(directory)

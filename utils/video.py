@@ -15,7 +15,7 @@ height or width is padded by one row at the bottom / one column at the right, re
 last row / column (no pixel of the frame is lost; the video is 1 pixel taller / wider).
 
 Atomic like :mod:`utils.fileio`: frames go to a hidden temporary file next to ``path`` (the
-same ``.<name>.tmp<pid>_<hex>`` name, so :func:`utils.fileio.remove_stale_temporaries` cleans
+same ``.<name>.tmp<pid>_<hex>`` name, so :func:`utils.runlock.remove_stale_temporaries` cleans
 up after a kill -9), which is renamed onto ``path`` by :meth:`VideoWriter.close`. Until then
 ``path`` keeps its previous content (or does not exist); :meth:`VideoWriter.abort` removes the
 temporary file.
