@@ -2,6 +2,7 @@
 
     python benchmarks/shared_features.py --root data/Youtube-VOS                 # folds 1..4: counts only
     python benchmarks/shared_features.py --root /tmp/syn --time --group 1 --size 120 216
+    python benchmarks/shared_features.py --dataset minivspw --root data/VSPW_480p
 
 Counts, per fold of the test split (``vipmt.evaluation.sharing_plan``, from the annotation file, no
 frame read): the queries (class, video), those whose video is tested for another held-out class
@@ -27,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from config import DEFAULTS  # noqa: E402
+from config.config import DATASET_ROOT_KEYS  # noqa: E402
 from models.vipmt import VIPMT  # noqa: E402
 from vipmt import evaluation  # noqa: E402
 from vipmt.build import build_split  # noqa: E402
@@ -68,7 +70,8 @@ def timed_test(cfg, segmenter, share: bool) -> tuple:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", required=True, help="a YouTube-VIS 2019 root (train/train.json, train/JPEGImages)")
+    parser.add_argument("--root", required=True, help="the dataset's root (YouTube-VIS 2019: train/train.json, ...)")
+    parser.add_argument("--dataset", choices=sorted(DATASET_ROOT_KEYS), default="youtube_vis")
     parser.add_argument("--groups", type=int, nargs="+", default=[1, 2, 3, 4])
     parser.add_argument("--time", action="store_true", help="also time --group's test with and without sharing")
     parser.add_argument("--group", type=int, default=1)
@@ -77,7 +80,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    base = {"youtube_vis_root": args.root, "num_workers": 0}
+    base = {"dataset": args.dataset, DATASET_ROOT_KEYS[args.dataset]: args.root, "num_workers": 0}
     report = {"clip_length": DEFAULTS.clip_length, "support_shots": DEFAULTS.support_shots, "folds": {}}
     print("| fold | queries | sharing a video | videos | query frames | encoded (shared) | saved | "
           "backbone frames (one at a time / shared) | saved |")

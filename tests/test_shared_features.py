@@ -174,6 +174,9 @@ def test_test_py_shares_features_with_the_same_results(shared_data, tmp_path, mo
     assert {v["class_id"] for v in alone["runs"][0]["videos"]} == set(HELD_OUT)
     assert shared["runs"] == alone["runs"] and shared["aggregate"] == alone["aggregate"]
     assert counts["one at a time"] - counts["shared"] == saved
+    frames = sum(v["frames"] for v in alone["runs"][0]["videos"])        # the log says it too
+    assert (f"{queries} of the {len(alone['runs'][0]['videos'])} queries share their video with another class: "
+            f"the backbone encodes {frames - saved} query frames instead of {frames}") in (tmp_path / "shared.log").read_text()
 
 
 @pytest.mark.slow
