@@ -205,3 +205,14 @@ def test_two_processes_keep_a_video_together_and_give_the_numbers_of_one(shared_
     assert {entry["rank"] for entry in two["videos"]} == {0, 1}
     assert [dict(v, rank=0) for v in two["videos"]] == one["videos"]
     assert two["mean"] == one["mean"] and two["per_class"] == one["per_class"]
+
+
+def test_benchmark_counts_the_queries_and_frames_sharing_saves(shared_data, capsys):
+    """benchmarks/shared_features.py (counts only): the numbers read from train.json above."""
+    from benchmarks import shared_features
+
+    queries, saved = frames_saved(shared_data)
+    plan = shared_features.main(["--root", shared_data, "--groups", "1"])["folds"][1]
+    assert plan["shared_queries"] == queries and plan["query_frames"] - plan["encoded_frames"] == saved
+    assert plan["backbone_frames"] - plan["backbone_frames_shared"] == saved
+    assert "| 1 | " in capsys.readouterr().out
