@@ -71,7 +71,8 @@ def instrument_dataset(clock: StageClock, dataset):
 def instrument_segmenter(clock: StageClock, segmenter):
     """Time the engine and the model's named steps (instance attributes shadow the methods)."""
     model = segmenter.model
-    segmenter.segment = clock.wrap("engine glue (memory, copies)", segmenter.segment)
+    for method in ("segment", "segment_shared"):        # test.py calls segment_shared (one video per pass)
+        setattr(segmenter, method, clock.wrap("engine glue (memory, copies)", getattr(segmenter, method)))
     for method, name in MODEL_STEPS.items():
         setattr(model, method, clock.wrap(name, getattr(model, method)))
     clock.hook_module("transformer (5 layers)", model.transformer)

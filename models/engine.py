@@ -10,13 +10,15 @@ model's state of one video: supports, memory pool), whose `step` segments one cl
 so a video of any length never has to be in memory. `VideoSegmenter.segment` runs a session
 over a whole video tensor; `step_many` steps several videos in one batched forward;
 `step_classes` steps several sessions of one video (e.g. one per object class) on one backbone
-pass over the clip. The authors' protocol,
-re-encoding everything every clip, is kept as a reference in benchmarks/recompute.py.
+pass over the clip; `segment_shared` segments several query videos cut from one video's frames
+(test.py: a video tested for several classes) with one backbone pass per clip they share. The
+authors' protocol, re-encoding everything every clip, is kept as a reference in
+benchmarks/recompute.py.
 """
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -112,6 +114,20 @@ class QueryVideo:
     support_mask: torch.Tensor
     generator: torch.Generator | None = None
     tag: Any = None
+    frame_ids: Sequence[Hashable] | None = None   # one id per frame (e.g. its file name): lets
+                                                  # `segment_shared` find the clips videos share
+
+
+def clip_keys(frame_ids: Sequence[Hashable] | None, frames: int, clip_length: int, unshared: Hashable = None) -> list:
+    """The key of each clip of a video cut from its first frame into clips of `clip_length` (as
+    `VideoSegmenter.segment` cuts it): the tuple of its frames' ids. Without ids (None) every clip's
+    key is (`unshared`, clip start), which no other video's clip has when `unshared` is its own."""
+    starts = range(0, frames, clip_length)
+    if frame_ids is None:
+        return [(unshared, start) for start in starts]
+    if len(frame_ids) != frames:
+        raise ModelError(f"{len(frame_ids)} frame ids for a video of {frames} frames")
+    return [tuple(frame_ids[start:start + clip_length]) for start in starts]
 
 
 def support_layout(support: SupportEncoding) -> tuple:
@@ -288,6 +304,61 @@ class VideoSegmenter:
             if full_logits is not None:
                 result.probability = full_logits[0].float().softmax(dim=1)[:, 1].cpu()
         return results
+
+    def segment_shared(self, videos: Sequence["QueryVideo"]) -> list[VideoPrediction]:
+        """Several query videos cut from the frames of one video (e.g. one video tested for several
+        classes, each on the frames where its class is present), each with its own supports and
+        generator, and `frame_ids` naming its frames -> one VideoPrediction per video, in order,
+        each bit-identical to `segment` of that video alone with its own generator.
+
+        Each video is cut into clips from its first frame, as `segment` cuts it. A clip that several
+        videos hold (the same frame ids, `clip_keys`, and the same pixels, `torch.equal`: e.g. a
+        letterbox that differs makes them two clips) goes through the backbone once for all of them
+        (`step_classes`: each video's forward on its own, batch 1, on that one feature tensor).
+        Each video steps through its clips in order; a clip runs once every video holding it has
+        reached it, so when frame ids follow one order in all videos (frame numbers, or names of
+        one sorted list) every clip held by several videos is encoded once. Videos without
+        `frame_ids` share nothing.
+        """
+        for video in videos:
+            check_video(video.frames, video.support_img, video.support_mask)
+        sessions = [self.start(v.support_img, v.support_mask, v.generator) for v in videos]
+        keys = [clip_keys(v.frame_ids, len(v.frames), self.clip_length, unshared=("video", i))
+                for i, v in enumerate(videos)]
+        position = [0] * len(videos)          # each video's next clip
+        preds: list[list[torch.Tensor]] = [[] for _ in videos]
+        scores: list[list[torch.Tensor]] = [[] for _ in videos]
+        while True:
+            waiting = [i for i in range(len(videos)) if position[i] < len(keys[i])]
+            if not waiting:
+                break
+            later = {key for i in waiting for key in keys[i][position[i] + 1:]}
+            # the first next clip that no video holds further on; none (ids in no common order): the first
+            key = next((keys[i][position[i]] for i in waiting if keys[i][position[i]] not in later),
+                       keys[waiting[0]][position[waiting[0]]])
+            holders = [i for i in waiting if keys[i][position[i]] == key]
+            start = {i: position[i] * self.clip_length for i in holders}
+            clips = {i: videos[i].frames[start[i]:start[i] + self.clip_length] for i in holders}
+            for same in self._same_pixels(holders, clips):
+                for i, result in zip(same, self.step_classes([sessions[i] for i in same], clips[same[0]])):
+                    preds[i].append(result.pred)
+                    scores[i].append(result.score)
+            for i in holders:
+                position[i] += 1
+        return [VideoPrediction(pred=torch.cat(p), score=torch.cat(s)) for p, s in zip(preds, scores)]
+
+    @staticmethod
+    def _same_pixels(members: list, clips: dict) -> list[list]:
+        """`members` split into groups whose clips (clips[member]) are equal tensors (shape and values)."""
+        groups: list[tuple[torch.Tensor, list]] = []
+        for member in members:
+            clip = clips[member]
+            group = next((g for first, g in groups if first.shape == clip.shape and torch.equal(first, clip)), None)
+            if group is None:
+                groups.append((clip, [member]))
+            else:
+                group.append(member)
+        return [g for _, g in groups]
 
     def segment_many(self, videos: Iterable["QueryVideo"], video_batch: int) -> Iterator[tuple[Any, VideoPrediction]]:
         """Segment videos `video_batch` at a time, side by side (`step_many`); yields (video.tag,
