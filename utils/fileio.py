@@ -22,7 +22,6 @@ import os
 import shutil
 from typing import Any, Callable
 
-from .tempnames import remove_temporaries
 from .tempnames import temp_path as _temp_path
 
 __all__ = ["WriteError", "write_error", "free_space", "write_file_checked", "fsync_file", "atomic_copy", "atomic_write",
