@@ -105,6 +105,7 @@ def stand_in_processes(golden_module: Path):
     return run
 
 
+@pytest.mark.slow
 def test_every_section_at_tiny_sizes_writes_both_reports(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(gpu_check, "QUICK", SMOKE)
     monkeypatch.setattr(gpu_check, "_run", stand_in_processes(golden_test_module(tmp_path)))
@@ -181,6 +182,8 @@ def test_the_quick_golden_case_is_one_of_the_golden_cases():
     assert [c for c in reference_case.golden_cases() if gpu_check.QUICK.golden_cases in c] == [GOLDEN_CASE]
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_cuda_without_a_gpu_is_a_user_error(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")

@@ -37,6 +37,7 @@ def tiny_config(data, out_dir, *overrides):
     return apply_overrides(cfg, TINY + list(overrides))
 
 
+@pytest.mark.slow
 def test_one_training_step_changes_the_weights_with_finite_losses(data, tmp_path):
     from utils.distributed import DistInfo
     from vipmt.build import collate_episodes
@@ -122,6 +123,8 @@ def straight(tmp_path_factory):
     return common, root / "runs" / "straight"
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(straight, tmp_path):
     common, straight_dir = straight
     # kill -9 once the first checkpoint exists, resume and stop at the end of epoch 1 (or one
@@ -159,6 +162,8 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(straight, tmp_p
     assert [r["val_mean_class_iou"] for r in b["metrics"]["history"]] == [r["val_mean_class_iou"] for r in lines]
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_data_wait_is_in_train_log_and_warned_about_once(straight):
     _common, run_dir = straight
     lines, log = metrics_lines(run_dir), (run_dir / "train.log").read_text()
@@ -170,6 +175,8 @@ def test_data_wait_is_in_train_log_and_warned_about_once(straight):
         assert f"epoch {slow[0]}: the model waited for data" in log and "num_workers" in log
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_periodic_checkpoints_hold_the_weights_only(straight):
     from utils.checkpoint import is_resumable
 
@@ -183,6 +190,8 @@ def test_periodic_checkpoints_hold_the_weights_only(straight):
     assert _load(run_dir / "epoch_001.pth")["epoch"] == 1
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_ctrl_c_saves_last_pth_exits_130_and_resume_continues_exactly(straight, tmp_path, capsys):
     common, straight_dir = straight
     argv = common + ["--run-name", "ctrl_c"]
@@ -207,6 +216,8 @@ def test_ctrl_c_saves_last_pth_exits_130_and_resume_continues_exactly(straight, 
     assert without_timings(metrics_lines(run_dir)) == without_timings(metrics_lines(straight_dir))
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_second_ctrl_c_exits_at_once_without_saving(straight, tmp_path):
     common, straight_dir = straight
     run_dir = straight_dir.parent / "twice"
@@ -225,6 +236,8 @@ def test_second_ctrl_c_exits_at_once_without_saving(straight, tmp_path):
     assert "interrupted at epoch" not in (run_dir / "train.log").read_text()
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_resume_sets_a_new_learning_rate_on_the_optimizer_and_records_it(straight, tmp_path):
     common, straight_dir = straight
     base = _load(straight_dir / "last.pth")                  # after 2 epochs (4 steps) at lr 5e-4
@@ -260,6 +273,8 @@ def test_resume_sets_a_new_learning_rate_on_the_optimizer_and_records_it(straigh
     assert "lr" not in same["metrics"]["config_changes"][-1]["changes"]
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_resume_refuses_to_change_what_defines_the_run(straight, capsys):
     common, straight_dir = straight
     before = {name: (straight_dir / name).read_bytes() for name in ("config.yaml", "train.log", "metrics.jsonl")}
@@ -285,6 +300,8 @@ def small_loss_scale(monkeypatch):
 SMALL_SCALE = 256.0
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_amp_on_cpu_steps_and_the_gradient_scaler_survives_resume(straight, small_loss_scale):
     common, straight_dir = straight
     argv = with_overrides(common, "epochs=1", "amp_on_cpu=true", "periodic_checkpoint_full=true") + ["--run-name", "amp"]
@@ -324,6 +341,8 @@ def _losses_non_finite_in_steps(monkeypatch, bad_steps):
     monkeypatch.setattr(VIPMT, "losses", patched)
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_amp_skips_and_counts_non_finite_steps_and_stops_after_too_many_in_a_row(data, tmp_path, monkeypatch,
                                                                                    capsys, small_loss_scale):
     # 3 training classes x 2 episodes: 6 iterations; steps 2, 4 and 5 go bad, the limit is 2 in a row
@@ -345,6 +364,8 @@ def test_amp_skips_and_counts_non_finite_steps_and_stops_after_too_many_in_a_row
     assert all(math.isfinite(v) for v in kept["epoch_running"].values())   # nan losses stay out of the means
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path, monkeypatch, capsys):
     # float32 (no AMP): the first non-finite loss stops the run before it reaches the weights
     _losses_non_finite_in_steps(monkeypatch, {2, 3})
@@ -358,6 +379,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path
     assert all(torch.isfinite(v).all() for v in kept["state_dict"].values() if v.is_floating_point())
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_resume_names_a_hand_edited_config_yaml_and_applies_it_only_through_config(straight, tmp_path):
     common, straight_dir = straight
     edited = yaml.safe_load((straight_dir / "config.yaml").read_text())
@@ -378,6 +401,8 @@ def test_resume_names_a_hand_edited_config_yaml_and_applies_it_only_through_conf
     assert "differs from the config" not in log and "lr 0.0005 -> 0.001 (set on the optimizer)" in log
     assert yaml.safe_load(applied.read_text())["lr"] == 1e-3
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_full_disk_is_one_error_in_stderr_and_train_log_and_keeps_last_pth(straight, tmp_path, monkeypatch, capsys):
     """The disk fills while a resumed run rewrites last.pth (its fsync fails, as on a file system
     with delayed allocation; test_predict.py mounts a real small one): one error line on stderr and
@@ -400,6 +425,8 @@ def test_full_disk_is_one_error_in_stderr_and_train_log_and_keeps_last_pth(strai
     assert [n for n in os.listdir(tmp_path / "full") if n.startswith(".last.pth.tmp")] == []
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_resume_from_a_checkpoint_changed_on_disk_is_refused(straight, tmp_path, capsys):
     common, straight_dir = straight
     (tmp_path / "rotten").mkdir()
