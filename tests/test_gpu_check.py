@@ -23,8 +23,9 @@ from scripts_support import REPO
 SECTIONS = ["golden cases (float32)", "engine speed (fp32, bf16)", "videos per pass (K)", "fp16 AMP training steps",
             "kill + resume (train.py)", "DDP (torchrun)", "train epoch at 1280x720 (loader)"]
 GOLDEN_CASE = "eval_b1_q5_s5"
-# --quick's sizes made smaller still: 2-frame videos at 64x64, training batches of one episode
-SMOKE = dataclasses.replace(gpu_check.QUICK, engine_frames=2, engine_size=(64, 64), batch_frames=2, amp_batch=1)
+# --quick's sizes made smaller still: 2-frame videos at 64x64, one training step of one episode
+SMOKE = dataclasses.replace(gpu_check.QUICK, engine_frames=2, engine_size=(64, 64), batch_frames=2, amp_steps=1,
+                            amp_batch=1)
 
 
 def run_check(out, *args, timeout=900):
@@ -130,7 +131,7 @@ def test_every_section_at_tiny_sizes_writes_both_reports(tmp_path, monkeypatch, 
     assert all(row["frames"] == 4 and row["frames_per_s"] > 0 for row in batched["rows"].values())
     assert batched["rows"]["fp32 K=2"]["vs_K1"]["pixels_differing"] == 0.0      # same masks, one video or two
     training = sections["fp16 AMP training steps"]["details"]
-    assert training["losses_finite"] and len(training["losses"]) == training["steps"] == 2
+    assert training["losses_finite"] and len(training["losses"]) == training["steps"] == 1
     resume = sections["kill + resume (train.py)"]["details"]
     assert resume["killed_process_exit"] == -signal.SIGKILL and resume["resume_exit"] == 0
     assert resume["checkpoint_step_after_resume"] == resume["checkpoint_step_at_kill"] + 2 == 3
