@@ -35,7 +35,7 @@ def pytest_collection_modifyitems(config, items):
 
 # Durations are judged only while the 1-minute load average stays at most this many per core: beside
 # other work they say little (tests/test_episode_ddp.py, two processes, took 807 s at load 13 on 2
-# cores, 6x what the load alone explains), and the rule is about CI's run of the whole suite alone.
+# cores and 54 s at load 4), and the rule is about CI's run of the whole suite alone.
 # A test on the idle machine adds at most about 2 per core itself (its threads, its workers).
 JUDGED_LOAD_PER_CORE = 2.0
 
