@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 import shutil
@@ -18,7 +19,25 @@ reference_case = reference_cases  # the name the tests use for the case builder
 
 def reference_model(seed: int = 0, image_size=(240, 424), train: bool = False) -> VIPMT:
     """A VIPMT with the reference case's deterministic weights. For sizes other than 240x424
-    the score head's first fully connected layer is redrawn (same rule) at the new shape."""
+    the score head's first fully connected layer is redrawn (same rule) at the new shape.
+    Each call returns a new model (a copy of the last one built for the same seed and size)."""
+    key = (seed, tuple(image_size))
+    if _last_reference_model.get("key") != key:
+        _last_reference_model.clear()                  # one model kept: ~0.5 GB at 240x424
+        _last_reference_model.update(key=key, model=_build_reference_model(seed, image_size))
+    model = copy.deepcopy(_last_reference_model["model"])
+    model.train(train)
+    if train:
+        disable_dropout(model)
+    return model
+
+
+# Building one costs ~1.3 s of CPU (the model's own initialisation, then the reference draw over it);
+# copying the last one built, ~0.1 s. The golden cases build the same 240x424 model over and over.
+_last_reference_model: dict = {}
+
+
+def _build_reference_model(seed: int, image_size) -> VIPMT:
     model = VIPMT(backbone_weights=None, image_size=image_size)
     state = reference_cases.reference_state_dict(seed)
     fc1 = model.score_head.fc1.weight
@@ -26,10 +45,7 @@ def reference_model(seed: int = 0, image_size=(240, 424), train: bool = False) -
         g = torch.Generator().manual_seed(seed)
         state["score_head.fc1.weight"] = torch.randn(fc1.shape, generator=g) * math.sqrt(1.0 / fc1.shape[1])
     model.load_state_dict(state, strict=True)
-    model.train(train)
-    if train:
-        disable_dropout(model)
-    return model
+    return model.eval()
 
 
 def disable_dropout(model: torch.nn.Module) -> None:

@@ -7,6 +7,7 @@ everything that runs after it in the same process).
 """
 from __future__ import annotations
 
+import pytest
 import torch
 
 from benchmarks.authors_loop import authors_computation
@@ -30,6 +31,7 @@ def _episode(model, x, plans):
     return results, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+@pytest.mark.slow
 def test_training_episode_with_the_authors_arithmetic():
     model = reference_model(3, SIZE, train=True)            # dropout off: any RNG use would show
     x = reference_case.reference_inputs(7, 2, 3, 5, size=SIZE)

@@ -46,6 +46,8 @@ def test_a_fitting_file_passes_with_exit_0(random_weights, capsys):
     assert not any(line.startswith(("missing", "unexpected", "wrong shape")) for line in out)
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_the_command_line_entry_point(random_weights):
     path, _ = random_weights
     run = subprocess.run([sys.executable, "-m", "models.check_weights", str(path)], cwd=ROOT,

@@ -31,10 +31,10 @@ def both_paths(model, frames, support_img, support_mask, **options):
 
 
 @pytest.mark.parametrize("seed,frames,options", [
-    (20, 12, dict(memory_threshold=0.0, memory_size=5)),       # every frame reliable, random draws
-    (21, 13, dict(memory_threshold=0.505, memory_size=3)),     # some frames reliable
+    pytest.param(20, 12, dict(memory_threshold=0.0, memory_size=5), marks=pytest.mark.slow),   # every frame reliable, random draws
+    pytest.param(21, 13, dict(memory_threshold=0.505, memory_size=3), marks=pytest.mark.slow), # some frames reliable
     (22, 7, dict(memory_threshold=1.1)),                        # none reliable: supports only
-    (23, 11, dict(use_memory=False)),
+    pytest.param(23, 11, dict(use_memory=False), marks=pytest.mark.slow),
     (24, 3, dict(memory_threshold=0.0)),                        # one short clip
 ])
 def test_engine_matches_recompute_path(model, seed, frames, options):
@@ -44,6 +44,7 @@ def test_engine_matches_recompute_path(model, seed, frames, options):
     torch.testing.assert_close(cached.score, recomputed.score, rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_memory_changes_later_clips(model):
     frames, support_img, support_mask = video(30, 10)
     with_memory = VideoSegmenter(model, memory_threshold=0.0).segment(frames, support_img, support_mask)
@@ -70,6 +71,7 @@ def test_bad_video_shapes_are_clear_errors(model):
         VideoSegmenter(model).segment(frames[:0], support_img, support_mask)
 
 
+@pytest.mark.slow
 def test_memory_pool_size_keeps_the_latest_reliable_frames(model):
     """A bounded pool draws from the last N reliable frames: same as the recompute path with the
     same bound, and the session never holds more than N memory frames."""
@@ -102,6 +104,7 @@ def test_session_steps_clip_by_clip(model):
         session.step(frames[0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("options", [
     dict(memory_threshold=0.0, memory_size=1),       # memory on: every frame reliable, one drawn of several
     dict(use_memory=False),                          # memory off

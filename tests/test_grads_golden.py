@@ -25,6 +25,8 @@ from config import DEFAULTS
 from helpers import reference_case, reference_model
 from models.episode import ClipPlan, train_episode
 
+pytestmark = [pytest.mark.golden, pytest.mark.slow]     # every test reads one 240x424 episode's backward
+
 REL_TOL = 1e-3
 CLIP = 5
 UPSAMPLERS = ("upsample1", "upsample2")

@@ -90,6 +90,7 @@ def test_feature_reuse_gives_same_losses():
         torch.testing.assert_close(from_features[name], from_images[name], rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_non_default_size_runs():
     size = (128, 224)
     model = reference_model(0, size)

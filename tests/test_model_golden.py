@@ -14,6 +14,8 @@ from einops import rearrange
 from helpers import reference_case, reference_model
 from models.episode import ClipPlan, train_episode
 
+pytestmark = pytest.mark.golden
+QUICK_CASE = "eval_b1_q5_s5"      # the golden case in the quick tier (and in benchmarks/gpu_check.py --quick)
 LOSSES = ("main_loss", "aux_loss", "contrast_loss", "score_loss")
 MAX_PRED_MISMATCH = 0.001
 MIN_MINORITY_IOU = 0.98
@@ -60,7 +62,8 @@ def relative_diff(value: float, expected: float) -> float:
     return abs(value - expected) / max(abs(expected), 1e-6)
 
 
-@pytest.mark.parametrize("case", reference_case.golden_cases())
+@pytest.mark.parametrize("case", [pytest.param(case, marks=() if case == QUICK_CASE else pytest.mark.slow)
+                                  for case in reference_case.golden_cases()])
 def test_golden_case(case, record_property):
     gold = reference_case.load_golden(case)
     mode, out = run_case(case)
@@ -87,6 +90,7 @@ def test_golden_case(case, record_property):
             assert measured[f"{name}_rel_diff"] <= LOSS_REL_TOL, name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", reference_case.episode_cases())
 def test_golden_episode(case, record_property):
     seed, inputs, memory_index = reference_case.episode_case(case)

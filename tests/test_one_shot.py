@@ -13,6 +13,8 @@ train = load_script("train")
 test_script = load_script("test")
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_one_shot_training_and_testing_run_end_to_end(tmp_path):
     data = write_dataset(str(tmp_path / "ytvis"), frames=6)
     common = ["--data-root", data, "--device", "cpu", "--output-dir", tmp_path / "runs"]

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]      # a virtual environment and pip install -e .
 
 
 @pytest.fixture(scope="module")

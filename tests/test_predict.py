@@ -58,6 +58,7 @@ def run(workspace, **changes):
     return predict.run(predict.main, argv)
 
 
+@pytest.mark.e2e
 def test_predict_writes_masks_video_and_scores(workspace):
     root = workspace[0]
     assert run(workspace) == 0
@@ -122,6 +123,8 @@ def test_unreadable_video(workspace, tmp_path, capsys):
     assert "cannot read any frame" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_predict_writes_what_the_predictor_yields(workspace):
     """predict.py is a thin layer: its files hold the Predictor's masks and scores."""
     root, checkpoint, video, supports, masks = workspace
@@ -141,6 +144,7 @@ def test_predict_writes_what_the_predictor_yields(workspace):
         assert np.array_equal(written, result.mask * 255)
 
 
+@pytest.mark.slow
 def test_unreadable_frame_midway_leaves_nothing_behind(workspace, tmp_path, capsys):
     frames = tmp_path / "frames"
     frames.mkdir()
@@ -154,6 +158,8 @@ def test_unreadable_frame_midway_leaves_nothing_behind(workspace, tmp_path, caps
     assert not out.exists()                     # the folder this run created goes with its lock
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_overlay_video_is_h264_that_browsers_play(workspace):
     import av
 
@@ -165,6 +171,7 @@ def test_overlay_video_is_h264_that_browsers_play(workspace):
         assert sum(1 for _ in container.decode(stream)) == 7
 
 
+@pytest.mark.slow
 def test_non_empty_output_is_refused_unless_overwrite_and_then_replaced_completely(workspace, tmp_path, capsys):
     out = tmp_path / "reused"
     (out / "masks").mkdir(parents=True)
@@ -215,6 +222,8 @@ def earlier_outputs(out) -> dict:
     return snapshot(out)
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_full_disk_keeps_the_earlier_outputs_exactly(workspace, tmp_path, capsys):
     from helpers import fill_filesystem, small_filesystem
 
@@ -232,6 +241,7 @@ def test_full_disk_keeps_the_earlier_outputs_exactly(workspace, tmp_path, capsys
             assert snapshot(out) == before                  # same files, same bytes, no staging left
 
 
+@pytest.mark.slow
 def test_failed_fsync_keeps_the_earlier_outputs_exactly(workspace, tmp_path, capsys, monkeypatch):
     """The disk-full case where no small file system can be mounted: the 4th mask's fsync fails
     (file systems with delayed allocation report a full disk there)."""
@@ -246,6 +256,7 @@ def test_failed_fsync_keeps_the_earlier_outputs_exactly(workspace, tmp_path, cap
     assert snapshot(out) == before
 
 
+@pytest.mark.slow
 def test_what_a_killed_run_left_is_cleaned_and_masks_get_the_usual_mode(workspace, tmp_path):
     import stat
 
@@ -319,6 +330,8 @@ def truncated_h264(path, frames: int) -> int:
     return readable
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_truncated_video_is_an_error_unless_allowed(workspace, tmp_path, capsys):
     video = tmp_path / "cut.mp4"
     readable = truncated_h264(video, 12)

@@ -16,6 +16,7 @@ import torch
 
 import reference_cases
 
+pytestmark = pytest.mark.golden
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_DIR = Path(os.environ.get("VIPMT_REFERENCE_DIR") or REPO_ROOT.parent / "shared" / "reference")
 

@@ -48,6 +48,8 @@ def _test_results(out, group):
     return json.loads((out / f"youtube_vis_group{group}/test/test_best_seeds42-43.json").read_text())
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_two_folds_give_the_table_and_their_mean(reproduced):
     _, out, _ = reproduced
     results = json.loads((out / "reproduce_youtube_vis/results.json").read_text())
@@ -87,6 +89,8 @@ def test_two_folds_give_the_table_and_their_mean(reproduced):
     assert "fold 1 (1/2): training in" in log and "(new run)" in log and "fold 2 (2/2): testing" in log
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_rerun_trains_and_tests_nothing_and_rewrites_no_file_of_the_runs(reproduced):
     argv, out, before = reproduced
     table = json.loads((out / "reproduce_youtube_vis/results.json").read_text())
@@ -99,6 +103,8 @@ def test_a_rerun_trains_and_tests_nothing_and_rewrites_no_file_of_the_runs(repro
     assert (again["folds"], again["mean"]) == (table["folds"], table["mean"])
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_collect_assembles_finished_folds_and_names_the_missing_ones(reproduced, capsys):
     argv, out, before = reproduced
     os.remove(out / "reproduce_youtube_vis/results.md")
@@ -112,6 +118,8 @@ def test_collect_assembles_finished_folds_and_names_the_missing_ones(reproduced,
     assert _tree_state(out) == before
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize("extra, message", [
     (["--group", "1"], "reproduce.py takes its folds from --folds"),
     (["--split", "0"], "group=1, e.g. from --group or --split"),

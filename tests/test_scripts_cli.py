@@ -61,6 +61,8 @@ def test_runs_and_test_runs_must_agree(tmp_path, capsys):
     assert "error: conflicting values for config key 'test_runs'" in err and "--runs 2" in err
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_help_runs_as_a_command():
     done = subprocess.run([sys.executable, "train.py", "--group", "1", "--batch_size", "4", "--help"], cwd=REPO,
                           capture_output=True, text=True, timeout=300)

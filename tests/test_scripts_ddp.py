@@ -19,6 +19,7 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 # 2 training classes x 2 episodes = 2 steps per rank in one epoch; last.pth after step 1 (inside the epoch).
 SETTINGS = tiny("episodes_per_class=2", "checkpoint_every_iters=1")
+pytestmark = [pytest.mark.ddp, pytest.mark.e2e, pytest.mark.slow]   # torchrun runs of train.py and test.py
 TIMEOUT_S = 1200          # per torchrun: a loaded 2-core machine took over 600 s once (load 33)
 
 

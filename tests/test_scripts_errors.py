@@ -87,6 +87,7 @@ def test_check_data_lists_every_bad_file_before_training(tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_checkpoint_with_wrong_keys_names_them(data, tmp_path, capsys):
     from models import VIPMT
 

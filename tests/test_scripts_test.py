@@ -28,6 +28,8 @@ def setup(tmp_path_factory):
     return root, data, ours, str(authors)
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_writes_json_with_every_metric_and_overlays(setup):
     root, data, ours, _ = setup
     out, vis = root / "ours.json", root / "vis"
@@ -57,6 +59,8 @@ def test_writes_json_with_every_metric_and_overlays(setup):
     assert sum(not f.endswith("_sheet.jpg") for f in written) == frames
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_authors_checkpoint_gives_the_same_numbers(setup):
     root, data, ours, authors = setup
     assert run(test_script, ["--data-root", data, "--checkpoint", ours, "--output", root / "a.json"] + ARGS) == 0
@@ -103,6 +107,8 @@ def test_memory_pool_size_reaches_the_engine_and_the_results(setup, tmp_path, mo
     assert "memory_pool_size 3" in (tmp_path / "pool.log").read_text()
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_results_and_log_go_into_the_run_directory_named_after_checkpoint_and_seed(setup, tmp_path):
     root, data, ours, _ = setup
     run_dir = tmp_path / "runs" / "mine"
@@ -140,6 +146,8 @@ def test_unwritable_output_is_refused_before_the_model_is_loaded(setup, tmp_path
     assert "error:" in err and "not a directory" in err and str(blocker) in err
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_full_disk_keeps_the_results_in_a_fallback_file_it_names(setup, tmp_path, monkeypatch, capsys):
     """The results JSON cannot be written (its fsync fails with ENOSPC, as on a full file system
     with delayed allocation): the table goes to stdout and the JSON to a fallback file; exit 2."""
@@ -162,6 +170,8 @@ def test_full_disk_keeps_the_results_in_a_fallback_file_it_names(setup, tmp_path
     assert not out.exists()
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_second_test_into_the_same_results_file_is_refused(setup, tmp_path, capsys):
     import subprocess
     import sys

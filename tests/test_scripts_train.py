@@ -54,6 +54,7 @@ def tiny_config(data, out_dir, *overrides):
     return apply_overrides(cfg, TINY + list(overrides))
 
 
+@pytest.mark.slow
 def test_one_training_step_changes_the_weights_with_finite_losses(data, tmp_path):
     from utils.distributed import DistInfo
     from vipmt.build import build_training_data, build_training_parts, collate_episodes
@@ -205,6 +206,8 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(straight, tmp_p
     assert [r["val_mean_class_iou"] for r in b["metrics"]["history"]] == [r["val_mean_class_iou"] for r in lines]
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_data_wait_is_in_train_log_and_warned_about_once(straight):
     _common, run_dir = straight
     lines, log = metrics_lines(run_dir), (run_dir / "train.log").read_text()
@@ -216,6 +219,8 @@ def test_data_wait_is_in_train_log_and_warned_about_once(straight):
         assert f"epoch {slow[0]}: the model waited for data" in log and "num_workers" in log
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_periodic_checkpoints_hold_the_weights_only(straight):
     from utils.checkpoint import is_resumable
 
@@ -253,6 +258,8 @@ def test_ctrl_c_saves_last_pth_exits_75_and_resume_continues_exactly(straight, t
     assert without_timings(metrics_lines(run_dir)) == without_timings(metrics_lines(straight_dir))
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_second_ctrl_c_exits_at_once_without_saving(straight, tmp_path):
     common, straight_dir = straight
     run_dir = straight_dir.parent / "twice"
@@ -315,6 +322,8 @@ def test_resume_sets_a_new_learning_rate_on_the_optimizer_and_records_it(straigh
     assert "lr" not in same["metrics"]["config_changes"][-1]["changes"]
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_resume_refuses_to_change_what_defines_the_run(straight, capsys):
     common, straight_dir = straight
     before = {name: (straight_dir / name).read_bytes() for name in ("config.yaml", "train.log", "metrics.jsonl")}
@@ -383,6 +392,8 @@ def test_amp_skips_and_counts_non_finite_steps_and_stops_after_too_many_in_a_row
     assert all(math.isfinite(v) for v in kept["epoch_running"].values())   # nan losses stay out of the means
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path, monkeypatch, capsys):
     # float32 (no AMP): the first non-finite loss stops the run before it reaches the weights
     use_standin(monkeypatch, nan_in_steps={2, 3})

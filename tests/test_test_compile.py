@@ -31,6 +31,7 @@ def test_a_broken_compiler_is_a_user_error_not_a_silent_fallback(monkeypatch):
     assert "No working C++ compiler" in str(err.value)
 
 
+@pytest.mark.slow                                      # inductor compiles C++: ~30 s
 def test_compiled_model_predicts_what_the_eager_one_does(monkeypatch):
     try:
         segmenter.check_compiler()

@@ -10,6 +10,7 @@ from dataset.transforms import TrainTransform
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "regression", "train_transform.npz")
 CASES = ("landscape", "portrait", "mixed", "mixed_per_frame", "single")
+pytestmark = pytest.mark.golden
 
 
 @pytest.fixture(scope="module")

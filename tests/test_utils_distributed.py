@@ -2,6 +2,7 @@
 import os
 import socket
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -44,6 +45,8 @@ def _worker(rank, world_size, port, out_dir):
         du.cleanup_distributed()
 
 
+@pytest.mark.ddp
+@pytest.mark.slow
 def test_two_process_gloo(tmp_path):
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     for rank in range(2):

@@ -41,6 +41,7 @@ def page_faults(mode: str) -> tuple[int, str]:
     return int(faults), changed
 
 
+@pytest.mark.slow
 def test_freed_buffers_are_reused_without_page_faults():
     """Called at start-up, as the inference scripts do."""
     if not sys.platform.startswith("linux"):
