@@ -1,9 +1,12 @@
 """benchmarks/test_profile.py: test.py's path timed per stage (--quick, tiny sizes)."""
 from __future__ import annotations
 
+import pytest
+
 from benchmarks import test_profile
 
 
+@pytest.mark.slow
 def test_quick_profile_stages_add_up_to_the_run_time(capsys):
     report = test_profile.main(["--quick"])
     out = capsys.readouterr().out

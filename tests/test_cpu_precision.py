@@ -47,6 +47,7 @@ def test_the_advice_is_a_hint_where_native_and_a_warning_where_emulated(cpuinfo,
     assert bf16_advice(torch.device("cuda", 0), False, native) is None
 
 
+@pytest.mark.slow
 def test_from_checkpoint_hints_once_and_keeps_float32(tmp_path, cpuinfo, monkeypatch, caplog):
     from helpers import reference_model
     from utils.checkpoint import save_weights

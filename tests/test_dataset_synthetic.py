@@ -30,6 +30,7 @@ def load_json(root):
         return json.load(handle)
 
 
+@pytest.mark.slow
 def test_default_dataset_is_quick_to_write_and_complete(default_root):
     root, seconds = default_root
     assert seconds < 30
@@ -74,6 +75,7 @@ def test_objects_are_large_and_instances_vary(default_root):
     assert np.mean((fractions >= 0.08) & (fractions <= 0.4)) > 0.8
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     a = write_synthetic_youtube_vis(str(tmp_path / "a"), seed=1, **SMALL)
     b = write_synthetic_youtube_vis(str(tmp_path / "b"), seed=1, **SMALL)
@@ -100,6 +102,7 @@ def test_rewriting_and_foreign_folders(tmp_path):
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]   # no staging folder left
 
 
+@pytest.mark.slow
 def test_command_line(tmp_path, capsys):
     root = str(tmp_path / "cli")
     assert synthetic_main(["youtube_vis", "--root", root, "--seed", "3", "--videos-per-class", "6",
@@ -128,6 +131,7 @@ def _colour_knn_iou(item, samples=48, frames=3, rng=None):
     return np.logical_and(prediction, truth).sum() / union if union else 1.0
 
 
+@pytest.mark.slow
 def test_held_out_classes_carry_a_few_shot_signal(default_root):
     """Support object colours identify the held-out class in the query (all background: IoU 0)."""
     dataset = YouTubeVISDataset(default_root[0], split="test", group=1, spec=EpisodeSpec(image_size=(64, 112)))

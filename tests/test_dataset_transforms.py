@@ -207,6 +207,7 @@ def test_train_transform_letterboxes_the_list_with_its_first_frame():
         assert torch.equal(authors[0], per_frame[0])
 
 
+@pytest.mark.slow
 def test_datasets_thread_the_letterbox_setting(tmp_path):
     # categories 1-8; the first 9 videos are portrait: category 2 (a training class of group 1)
     # mixes 3 portrait and 3 landscape videos

@@ -70,6 +70,7 @@ def test_fold_classes_follow_the_id_rule():
     assert sorted(all_held_out) == list(range(1, 41))
 
 
+@pytest.mark.slow
 def test_split_classes(ytvis_root, annotations):
     assert make(ytvis_root, "train", group=2).classes == [c for c in range(1, 41) if c % 4 != 2]
     assert make(ytvis_root, "val", group=2).classes == [2, 6, 10, 14, 18, 22, 26, 30, 34, 38]
@@ -283,6 +284,7 @@ def test_wrong_number_of_segmentations(ytvis_root, tmp_path, annotations):
         YouTubeVISDataset(root)
 
 
+@pytest.mark.slow
 def test_missing_frame_file_names_video_and_frame(ytvis_root, tmp_path):
     root = copy_tree(ytvis_root, str(tmp_path / "copy"))
     dataset = make(root, "test", group=1)
@@ -340,6 +342,7 @@ def _empty_rle(height, width):
     return {"counts": [height * width], "size": [height, width]}
 
 
+@pytest.mark.slow
 def test_empty_support_masks_are_drawn_as_the_authors_or_replaced_with_the_opt_in(ytvis_root, tmp_path, annotations,
                                                                                    caplog):
     """Half of class 2's instances hold present-but-empty segmentations. The default (the authors')

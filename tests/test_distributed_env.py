@@ -93,6 +93,7 @@ def _script(name, data, out, env):
 
 @pytest.mark.parametrize("rank", ["0", "1"])
 @pytest.mark.parametrize("name", ["train", "test"])
+@pytest.mark.slow
 def test_stale_torchrun_variables_end_within_the_rendezvous_timeout(data, tmp_path, name, rank):
     """RANK 0 waits for a process 1 that never comes; RANK 1 for a rank 0 that is not there."""
     env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARIABLES}

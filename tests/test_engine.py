@@ -37,6 +37,7 @@ def both_paths(model, frames, support_img, support_mask, **options):
     pytest.param(23, 11, dict(use_memory=False), marks=pytest.mark.slow),
     (24, 3, dict(memory_threshold=0.0)),                        # one short clip
 ])
+@pytest.mark.slow
 def test_engine_matches_recompute_path(model, seed, frames, options):
     cached, recomputed = both_paths(model, *video(seed, frames), **options)
     assert cached.pred.shape == (frames, *SIZE) and cached.score.shape == (frames,)
@@ -89,6 +90,7 @@ def test_memory_pool_size_keeps_the_latest_reliable_frames(model):
         assert frame.object_tokens.shape[0] == int(frame.object.sum())
 
 
+@pytest.mark.slow
 def test_session_steps_clip_by_clip(model):
     frames, support_img, support_mask = video(33, 8)
     whole = VideoSegmenter(model, memory_threshold=0.0).segment(frames, support_img, support_mask,
@@ -129,6 +131,7 @@ def test_several_videos_per_pass_equal_one_at_a_time(model, options):
         torch.testing.assert_close(result.score, alone[k].score, rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_step_classes_gives_each_session_the_authors_results_on_one_backbone_pass(model):
     """Two sessions of one video with other supports (two classes), stepped together: each gives
     the recompute path's masks for its supports alone (scores within 1e-5, as above) and exactly

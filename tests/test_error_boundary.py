@@ -223,6 +223,7 @@ def data(tmp_path_factory):
     return write_dataset(str(tmp_path_factory.mktemp("data") / "ytvis"))
 
 
+@pytest.mark.slow
 def test_an_empty_config_file_trains_with_the_defaults(data, tmp_path, capsys):
     empty = tmp_path / "empty.yaml"
     empty.write_text("")

@@ -69,6 +69,7 @@ def segment(path, video):
     return predictor, results
 
 
+@pytest.mark.slow
 def test_the_export_holds_weights_settings_and_integrity_but_nothing_to_resume(full, exported, capsys):
     _, path = full
     out, _ = exported
@@ -86,6 +87,7 @@ def test_the_export_holds_weights_settings_and_integrity_but_nothing_to_resume(f
     assert os.path.getsize(out) < 0.6 * os.path.getsize(path)
 
 
+@pytest.mark.slow
 def test_the_export_segments_bit_for_bit_like_the_full_checkpoint(full, exported, video):
     _, path = full
     out, _ = exported
@@ -98,6 +100,7 @@ def test_the_export_segments_bit_for_bit_like_the_full_checkpoint(full, exported
         assert np.array_equal(a.mask, b.mask) and np.array_equal(a.probability, b.probability) and a.score == b.score
 
 
+@pytest.mark.slow
 def test_half_stores_float16_weights_that_load_as_float32(full, exported, video):
     _, path = full
     out, half = exported
@@ -132,6 +135,7 @@ def frames_folder(root: Path, video) -> list:
             str(root / "m0.png"), "--device", "cpu"]
 
 
+@pytest.mark.slow
 def test_predict_py_takes_the_export_with_the_same_outputs(full, exported, video, tmp_path):
     _, path = full
     out, _ = exported
@@ -196,6 +200,7 @@ def test_bad_inputs_are_one_error_line(tmp_path, capsys):
     assert not (tmp_path / "out.pth").exists()
 
 
+@pytest.mark.slow
 def test_a_full_disk_leaves_no_file_and_the_earlier_one_intact(full, tmp_path, monkeypatch, capsys):
     _, path = full
     earlier = tmp_path / "model.pth"

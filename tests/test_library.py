@@ -24,6 +24,7 @@ def model_files(tmp_path_factory):
     return model.state_dict(), ours, str(authors)
 
 
+@pytest.mark.slow
 def test_our_checkpoint_brings_its_image_size_and_config(model_files):
     weights, ours, _ = model_files
     loaded = load_trained_model(ours)
@@ -33,6 +34,7 @@ def test_our_checkpoint_brings_its_image_size_and_config(model_files):
     assert all(torch.equal(v, weights[k]) for k, v in loaded.model.state_dict().items())
 
 
+@pytest.mark.slow
 def test_authors_file_loads_at_the_given_size_and_names_bad_sizes(model_files):
     weights, _, authors = model_files
     loaded = load_trained_model(authors, image_size=SIZE, device=torch.device("cpu"))

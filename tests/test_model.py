@@ -23,6 +23,7 @@ def small_model():
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("support_frames", [1, 5, 7])
 @pytest.mark.parametrize("query_frames", [1, 5])
+@pytest.mark.slow
 def test_eval_shapes(small_model, batch, support_frames, query_frames):
     x = inputs(batch, query_frames, support_frames)
     with torch.no_grad():
@@ -33,6 +34,7 @@ def test_eval_shapes(small_model, batch, support_frames, query_frames):
     assert ((score > 0) & (score < 1)).all()
 
 
+@pytest.mark.slow
 def test_train_outputs_and_gradients():
     model = reference_model(1, SMALL, train=True)
     x = inputs(2, 2, 6)
@@ -81,6 +83,7 @@ def test_state_dict_and_trainable_parameters_follow_the_reference_order():
     assert list(model.state_dict()) == list(reference_case.reference_keys())
 
 
+@pytest.mark.slow
 def test_feature_reuse_gives_same_losses():
     model = reference_model(2, SMALL, train=True)
     x = inputs(2, 3, 5)
@@ -128,6 +131,7 @@ def test_missing_backbone_weights_names_the_file(tmp_path):
     assert "pretrain_model/README.md" in str(error.value)
 
 
+@pytest.mark.slow
 def test_backbone_weights_load_with_fc_and_reject_mismatch(tmp_path):
     source = Backbone()
     state = {k: torch.randn_like(v) for k, v in source.body.state_dict().items()}

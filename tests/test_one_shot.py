@@ -45,6 +45,7 @@ def test_testing_with_other_shots_than_trained_is_said(caplog):
     assert len(caplog.records) == 2
 
 
+@pytest.mark.slow
 def test_training_clips_split_one_support_from_its_memory():
     """train_episode with 1 support: clip 1 has an empty memory branch (the authors' Ts = 1 case),
     clips 2 and 3 the 2 memory frames in the memory branch; the support branch always holds the

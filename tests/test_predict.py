@@ -59,6 +59,7 @@ def run(workspace, **changes):
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_predict_writes_masks_video_and_scores(workspace):
     root = workspace[0]
     assert run(workspace) == 0
@@ -366,6 +367,7 @@ def test_extreme_aspect_ratio_is_a_clear_error(workspace, tmp_path, capsys):
     assert "video frame 0 is 3000x2: too elongated" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_a_checkpoint_changed_on_disk_is_refused(workspace, tmp_path, capsys):
     checkpoint = workspace[1]
     data = bytearray(checkpoint.read_bytes())
@@ -408,6 +410,7 @@ def argv_of(workspace, **changes) -> list:
             for part in [key, *(value if isinstance(value, list) else [value])]]
 
 
+@pytest.mark.slow
 def test_a_run_killed_mid_swap_is_recovered_and_the_same_command_then_runs(workspace, tmp_path, capsys, caplog):
     """kill -9 while the first run into an empty folder swaps its outputs in; the same command again
     (no --overwrite) completes the swap first, then runs and replaces those outputs with its own,
@@ -432,6 +435,7 @@ def test_a_run_killed_mid_swap_is_recovered_and_the_same_command_then_runs(works
     assert sorted(os.listdir(out / "masks")) == sorted(r["frame"] + ".png" for r in report["frames"])
 
 
+@pytest.mark.slow
 def test_earlier_outputs_restored_by_a_roll_back_still_need_overwrite(workspace, tmp_path, capsys):
     """A swap cut before the staged outputs were complete is rolled back: the earlier outputs are
     someone's finished work, so a run without --overwrite is refused, naming what was restored."""

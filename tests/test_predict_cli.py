@@ -43,6 +43,7 @@ def box_supports(workspace):  # noqa: F811
     return images, masks
 
 
+@pytest.mark.slow
 def test_several_classes_write_masks_per_class_equal_to_one_class_at_a_time(workspace, box_supports, tmp_path):  # noqa: F811
     root, checkpoint, video, supports, masks = workspace
     out = tmp_path / "classes"
@@ -108,6 +109,7 @@ def recorded_settings(out) -> dict:
                                          "memory_pool_size", "bf16", "seed")}
 
 
+@pytest.mark.slow
 def test_config_keys_override_the_checkpoints_settings_with_a_log_line(workspace, our_checkpoint, tmp_path, caplog):  # noqa: F811
     caplog.set_level(logging.INFO)
     out = tmp_path / "keys"

@@ -114,6 +114,7 @@ def test_support_paths_equal_arrays_and_frames_come_back(model, video, tmp_path)
     assert all(np.array_equal(r.frame, f) and r.frame is not f for r, f in zip(from_arrays, frames))   # a copy
 
 
+@pytest.mark.slow
 def test_results_stream_clip_by_clip(model, video):
     """The first clip's results arrive before the video's 6th frame is read."""
     frames, support_images, support_masks = video
@@ -130,6 +131,7 @@ def test_results_stream_clip_by_clip(model, video):
     assert len(list(results)) == FRAMES - 1 and len(read) == FRAMES
 
 
+@pytest.mark.slow
 def test_session_frame_by_frame_equals_segment(model, video, segmented):
     """add_frame hands back nothing until a clip is full, then the clip; flush the shorter last clip.
     The default pool (256) equals the authors' unbounded one here (test above: the whole-video path)."""
@@ -144,6 +146,7 @@ def test_session_frame_by_frame_equals_segment(model, video, segmented):
         assert np.array_equal(got.probability, want.probability)
 
 
+@pytest.mark.slow
 def test_probabilities_are_the_softmax_that_the_masks_threshold(model, video, segmented, reference):
     frames, support_images, support_masks = video
     for result, ref_mask in zip(segmented, reference[0]):

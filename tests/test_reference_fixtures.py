@@ -60,6 +60,7 @@ def test_state_dict_keys_file_is_identical():
 
 @needs_reference
 @pytest.mark.parametrize("seed", [0, 5])
+@pytest.mark.slow
 def test_weights_equal_the_reference_builder(authors, seed):
     ours, theirs = reference_cases.reference_state_dict(seed), authors.reference_state_dict(seed)
     assert list(ours) == list(theirs)

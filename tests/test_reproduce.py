@@ -187,6 +187,7 @@ def _at(argv, out):
     return argv[:index + 1] + [out] + argv[index + 2:]
 
 
+@pytest.mark.slow
 def test_a_narrower_folds_keeps_the_other_folds_of_the_table_or_refuses_to_drop_them(reproduced, tmp_path, capsys):
     argv, out, _ = reproduced
     out = _copy(out, tmp_path / "out")
@@ -245,9 +246,12 @@ def test_a_damaged_fold_last_pth_says_how_to_go_on(reproduced, tmp_path, capsys)
     assert "python train.py --group 1 " in err and "to train fold 1 anew" in err
 
 
-def test_a_full_disk_when_a_log_is_closed_is_one_error_line(reproduced, monkeypatch, capsys):
-    """reproduce.log's last lines cannot be flushed when reproduce moves on to a fold's log (a full disk):
-    one error line naming the file, exit 2, no traceback; the table and the runs are untouched."""
+@pytest.mark.slow
+def test_a_full_disk_when_a_log_is_flushed_or_closed_is_one_warning_and_the_table_is_made(reproduced, monkeypatch,
+                                                                                           capsys):
+    """reproduce.log's lines cannot be flushed (a full disk), also when reproduce moves on to a fold's log:
+    one warning naming the file, no traceback; the log is a by-product, so the table is still made
+    (the same numbers) and the runs are untouched."""
     import errno
     import io
 
@@ -258,9 +262,12 @@ def test_a_full_disk_when_a_log_is_closed_is_one_error_line(reproduced, monkeypa
             raise OSError(errno.ENOSPC, "No space left on device")
 
     argv, out, before = reproduced
-    table = (out / "reproduce_youtube_vis/results.json").read_text()
+    table = json.loads((out / "reproduce_youtube_vis/results.json").read_text())
     monkeypatch.setattr(QuietFileHandler, "_open", lambda self: FullDisk())
-    assert run(reproduce, argv) == 2
-    err = _error_line(capsys.readouterr().err)
-    assert err.startswith(f"error: cannot write {str(out / 'reproduce_youtube_vis/reproduce.log')!r}: No space left")
-    assert (out / "reproduce_youtube_vis/results.json").read_text() == table and _tree_state(out) == before
+    assert run(reproduce, argv) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    log = str(out / "reproduce_youtube_vis/reproduce.log")
+    assert f"warning: cannot write the log file {log!r} (No space left on device); its later lines are lost" in err
+    assert json.loads((out / "reproduce_youtube_vis/results.json").read_text())["folds"] == table["folds"]
+    assert _tree_state(out) == before

@@ -82,6 +82,7 @@ def test_bf16_config_key_switches_the_engine_to_bfloat16_autocast():
         assert make_segmenter(model, cfg).autocast_dtype == dtype
 
 
+@pytest.mark.slow
 def test_memory_pool_size_reaches_the_engine_and_the_results(setup, tmp_path, monkeypatch):
     """``test.py memory_pool_size=3``: the engine draws memory from the 3 latest reliable frames only
     (seen from the draws it makes), and the results JSON and the log say so."""

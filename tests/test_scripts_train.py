@@ -169,6 +169,7 @@ def test_the_real_network_stopped_and_resumed_equals_an_uninterrupted_run(tmp_pa
     assert without_timings(metrics_lines(straight_dir.parent / "pieces")) == without_timings(metrics_lines(straight_dir))
 
 
+@pytest.mark.slow
 def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(straight, tmp_path, standin):
     common, straight_dir = straight
     # kill -9 once the first checkpoint exists, resume and stop at the end of epoch 1 (or one
@@ -234,6 +235,7 @@ def test_periodic_checkpoints_hold_the_weights_only(straight):
     assert _load(run_dir / "epoch_001.pth")["epoch"] == 1
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_last_pth_exits_75_and_resume_continues_exactly(straight, tmp_path, capsys, standin):
     common, straight_dir = straight
     argv = common + ["--run-name", "ctrl_c"]

@@ -61,6 +61,7 @@ def same_results(got, want) -> bool:
 
 
 # ------------------------------------------------------------------ several classes, one backbone pass
+@pytest.mark.slow
 def test_segment_classes_equals_segment_per_class_with_one_backbone_pass(model, frames, classes, monkeypatch):
     """3 classes x 12 frames: each class's results are segment's bit for bit, and the backbone sees
     the 12 query frames once plus the 6 support images."""
@@ -84,6 +85,7 @@ def test_segment_classes_equals_segment_per_class_with_one_backbone_pass(model, 
     assert scores["disc"] != scores["box"] != scores["corner"]          # three different classes
 
 
+@pytest.mark.slow
 def test_start_classes_with_a_correction_equals_one_session_per_class(model, frames, classes):
     predictor = Predictor(model, **OPTIONS)
     correction = other_object(6)
@@ -119,6 +121,7 @@ def test_bad_classes_are_named(model, classes, message):
 
 # ------------------------------------------------------------------ reused frame buffers (issue 26 item 4)
 @pytest.mark.parametrize("keep_frames", [False, True])
+@pytest.mark.slow
 def test_a_reused_frame_buffer_gives_the_results_of_fresh_arrays(model, frames, keep_frames):
     """A camera loop that fills one buffer in place: the session keeps its own copies."""
     predictor = Predictor(model, **OPTIONS)
@@ -183,6 +186,7 @@ def test_a_mid_stream_flush_moves_later_clip_boundaries(model, frames):
 
 
 # ------------------------------------------------------------------ torch inputs
+@pytest.mark.slow
 def test_torch_frames_and_masks_equal_numpy(model, frames):
     predictor = Predictor(model, **OPTIONS)
     images, masks = support_set(20, 21)

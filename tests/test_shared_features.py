@@ -46,6 +46,7 @@ class FrameCounter:
         monkeypatch.setattr(VIPMT, "extract_features", counted)
 
 
+@pytest.mark.slow
 def test_segment_shared_equals_segment_and_encodes_each_shared_clip_once(model, monkeypatch):
     """Four queries cut from one 12-frame video, each with its own supports and generator: the
     whole list (a), its first 7 frames (b: clip 1 shared with a), frames 2..11 (c: its clips start
@@ -70,6 +71,7 @@ def test_segment_shared_equals_segment_and_encodes_each_shared_clip_once(model, 
         assert torch.equal(a.pred, b.pred) and torch.equal(a.score, b.score), k
 
 
+@pytest.mark.slow
 def test_queries_without_frame_ids_share_nothing(model, monkeypatch):
     frames, _, _ = frames_of(70, 6)
     supports = [frames_of(71 + k, 1)[1:] for k in range(2)]

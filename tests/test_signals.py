@@ -102,6 +102,7 @@ def test_before_training_a_stop_signal_is_a_keyboard_interrupt():
         StopSignals()._on_signal(signal.SIGTERM, None)
 
 
+@pytest.mark.slow
 def test_data_loader_workers_ignore_the_stop_signals():
     from vipmt.signals import STOP_SIGNALS
 

@@ -58,6 +58,7 @@ def tokens_of(encoding_features: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("shots", [1, 3])
+@pytest.mark.slow
 def test_memory_frames_never_reach_the_support_branch(model, frames, shots):
     """k supports + m memory frames (m = 0..5, the old code put min(m, 5 - k) of them in the support
     slot): the support branch gets exactly the k supports' tokens, the memory branch exactly the m
@@ -102,6 +103,7 @@ def test_training_path_and_engine_path_split_alike(model, frames):
 
 
 @pytest.mark.parametrize("shots", [1, 3])
+@pytest.mark.slow
 def test_k_supports_without_memory_are_the_authors_ts_k_case(model, frames, shots):
     """The first clip of a k-shot video (engine) = forward with Ts = k frames and no `shots` (how the
     golden cases with 1, 2 or 3 support frames are run)."""
@@ -115,6 +117,7 @@ def test_k_supports_without_memory_are_the_authors_ts_k_case(model, frames, shot
     torch.testing.assert_close(clip.score, score[0], rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_one_shot_video_engine_matches_the_recompute_path(model):
     """1 support, memory from reliable frames: the engine (encodings) and the authors' loop
     re-encoding images with `shots=1` give the same video."""

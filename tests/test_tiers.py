@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# Modules without a fast test: one expensive shared fixture, or only runs of several processes, pip or
-# train.py with the real model. Every other module has a test in the quick tier.
+# Modules without a fast test: one expensive shared fixture, or only runs of several processes, pip,
+# train.py with the real model or a benchmark. Every other module has a test in the quick tier.
 ALL_SLOW_MODULES = {"test_grads_golden.py", "test_episode_ddp.py", "test_scripts_ddp.py", "test_packaging.py",
-                    "test_authors_loop.py", "test_scripts_train.py", "test_utils_runtime.py"}
+                    "test_authors_loop.py", "test_utils_runtime.py", "test_benchmark_test_profile.py"}
 
 
 def pytest_in(folder: Path, *args: str, limit_s: float = 0.5, judged_load_per_core: float = 1000.0):

@@ -53,6 +53,7 @@ def start_holder(run_dir: Path) -> subprocess.Popen:
     return proc
 
 
+@pytest.mark.slow
 def test_second_process_is_refused_and_the_lock_survives_only_its_holder(tmp_path):
     run_dir = tmp_path / "run"
     holder = start_holder(run_dir)
