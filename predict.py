@@ -107,7 +107,7 @@ def settings_from(args) -> dict:
     try:
         check_settings(memory_threshold=settings.get("memory_threshold"), memory_size=settings.get("memory_size"),
                        memory_pool_size=settings.get("predictor_memory_pool_size"),
-                       clip_length=settings.get("clip_length"))
+                       clip_length=settings.get("clip_length"), seed=settings.get("seed"))
     except InputError as error:
         raise ConfigError(str(error)) from None
     return settings
