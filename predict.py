@@ -144,7 +144,9 @@ def main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
     settings = settings_from(args)
     classes = class_supports(args)
-    with PredictionOutputs(args.output, overwrite=args.overwrite) as outputs:    # checked and locked first
+    inputs = {"--video": [args.video], "--support-images": [p for group in args.support_images for p in group],
+              "--support-masks": [p for group in args.support_masks for p in group], "--checkpoint": [args.checkpoint]}
+    with PredictionOutputs(args.output, overwrite=args.overwrite, inputs=inputs) as outputs:   # checked, locked first
         if classes is None:
             supports = prepare_supports(args.support_images[0], args.support_masks[0])
         else:
