@@ -107,7 +107,7 @@ def settings_from(args) -> dict:
     try:
         check_settings(memory_threshold=settings.get("memory_threshold"), memory_size=settings.get("memory_size"),
                        memory_pool_size=settings.get("predictor_memory_pool_size"),
-                       clip_length=settings.get("clip_length"))
+                       clip_length=settings.get("clip_length"), seed=settings.get("seed"))
     except InputError as error:
         raise ConfigError(str(error)) from None
     return settings
@@ -144,7 +144,9 @@ def main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
     settings = settings_from(args)
     classes = class_supports(args)
-    with PredictionOutputs(args.output, overwrite=args.overwrite) as outputs:    # checked and locked first
+    inputs = {"--video": [args.video], "--support-images": [p for group in args.support_images for p in group],
+              "--support-masks": [p for group in args.support_masks for p in group], "--checkpoint": [args.checkpoint]}
+    with PredictionOutputs(args.output, overwrite=args.overwrite, inputs=inputs) as outputs:   # checked, locked first
         if classes is None:
             supports = prepare_supports(args.support_images[0], args.support_masks[0])
         else:

@@ -24,11 +24,11 @@ import json
 import math
 import os
 import tokenize
-from typing import Any, Iterable, Mapping
+from typing import Any, Hashable, Iterable, Mapping
 
 from easydict import EasyDict
 
-from utils.fileio import atomic_write_text
+from utils.fileio import atomic_write_text, unreadable_reason
 from utils.plain import plain_data
 from utils.provenance import environment_info
 
@@ -69,6 +69,7 @@ ENVIRONMENT_KEY = "environment"   # config files' record of what ran: not a sett
 NUM_FOLDS = 4
 FEATURE_STRIDE = 8          # the network's output stride (models.heads.OUTPUT_STRIDE is this): sides are multiples
 MIN_IMAGE_SIDE = 64          # 8 feature cells: the score head and the attention stride features by 4
+SEED_LIMIT = 2 ** 63          # seeds: 0 <= seed < 2**63 (numpy's SeedSequence: >= 0; torch: 64 bits)
 MAX_SUPPORT_SHOTS = 5        # the model's support branch (models.vipmt.SHOTS): the authors' 5-shot slot
 
 
@@ -444,6 +445,12 @@ def check_values(cfg: Mapping[str, Any]) -> None:
     for key in _POSITIVE_KEYS:
         if given(key) and cfg[key] < 1:
             raise ConfigError(f"{key}={cfg[key]}: expected a positive integer")
+    if given("seed") and not 0 <= cfg["seed"] < SEED_LIMIT:
+        raise ConfigError(f"seed={cfg['seed']}: expected an integer 0 <= seed < 2**63 (numpy's seed sequences "
+                          f"take no negative seed, torch's generators a 64-bit one)")
+    if given("output_dir") and not cfg["output_dir"].strip():
+        raise ConfigError("output_dir='': expected the folder that holds the run directories (default "
+                          f"{DEFAULTS.output_dir!r}); an empty --output-dir is often a shell variable that is not set")
     if given("num_workers") and cfg["num_workers"] != AUTO and cfg["num_workers"] < 0:
         raise ConfigError(f"num_workers={cfg['num_workers']}: expected an integer >= 0 or {AUTO!r}")
     for key in ("checkpoint_every_iters", "memory_pool_size", "predictor_memory_pool_size"):
@@ -565,6 +572,56 @@ def save_config(cfg: Mapping[str, Any], path: str, record_environment: bool = Tr
     return atomic_write_text(path, text)
 
 
+class _DuplicateKey(ValueError):
+    """A key given twice in one mapping of a config file (YAML and JSON parsers keep the last silently)."""
+
+
+def _unique_json_object(pairs: list) -> dict:
+    seen: dict = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _DuplicateKey(f"key {key!r} twice ({json.dumps(seen[key])} and {json.dumps(value)})")
+        seen[key] = value
+    return seen
+
+
+def _load_yaml_unique(text: str) -> Any:
+    """``yaml.safe_load(text)``, except that a key given twice in a mapping is a _DuplicateKey naming its lines."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            lines: dict = {}
+            for key_node, _value_node in node.value:
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                if isinstance(key, Hashable) and key in lines:
+                    raise _DuplicateKey(f"key {key!r} twice (lines {lines[key]} and {line})")
+                if isinstance(key, Hashable):
+                    lines[key] = line
+            return super().construct_mapping(node, deep=deep)
+
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def _yaml_float(key: Any, value: Any) -> Any:
+    """A float key's value as YAML 1.1 reads ``1e-4`` (a string: PyYAML needs a dot, ``1.0e-4``) -> the
+    float it spells; every other value unchanged (and checked as given)."""
+    default = DEFAULTS.get(key) if isinstance(key, str) else None
+
+    def number(text: Any, element: Any) -> Any:
+        if isinstance(element, float) and not isinstance(element, bool) and isinstance(text, str):
+            try:
+                return float(text)
+            except ValueError:
+                return text
+        return text
+
+    if isinstance(default, (list, tuple)) and isinstance(value, list) and default:
+        return [number(v, default[0]) for v in value]
+    return number(value, default)
+
+
 def read_config_file(path: str) -> dict:
     """The raw ``key: value`` mapping of a YAML/JSON config file (keys and types checked).
 
@@ -572,8 +629,9 @@ def read_config_file(path: str) -> dict:
     """
     if os.path.isdir(path):
         raise ConfigError(f"config file {path!r} is a directory; expected a YAML (.yaml/.yml) or JSON file")
-    if not os.path.isfile(path):
-        raise ConfigError(f"config file {path!r} does not exist")
+    problem = unreadable_reason(path)
+    if problem:
+        raise ConfigError(f"config file {path!r} {problem}")
     try:
         with open(path, "rb") as f:
             raw = f.read()
@@ -584,13 +642,14 @@ def read_config_file(path: str) -> dict:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"config file {path!r} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset "
                           f"{exc.start}); expected a YAML or JSON file of key: value lines, saved as UTF-8") from None
+    is_yaml = path.endswith((".yaml", ".yml"))
     try:
-        if path.endswith((".yaml", ".yml")):
-            import yaml
-
-            data = yaml.safe_load(text)
+        if is_yaml:
+            data = _load_yaml_unique(text)
         else:
-            data = json.loads(text) if text.strip() else None
+            data = json.loads(text, object_pairs_hook=_unique_json_object) if text.strip() else None
+    except _DuplicateKey as exc:
+        raise ConfigError(f"config file {path!r} gives {exc}; give each key once") from None
     except Exception as exc:  # noqa: BLE001 - any parse error becomes one clear message
         raise ConfigError(f"config file {path!r} could not be parsed: {exc}") from None
     if data is None:                # nothing in it (YAML's empty document is None): no values
@@ -598,7 +657,8 @@ def read_config_file(path: str) -> dict:
     if not isinstance(data, Mapping):
         raise ConfigError(f"config file {path!r} must hold a mapping of key: value "
                           f"(found a {type(data).__name__})")
-    data = {k: v for k, v in data.items() if k != ENVIRONMENT_KEY}
+    # JSON spells its floats unambiguously: its values are taken as given
+    data = {k: _yaml_float(k, v) if is_yaml else v for k, v in data.items() if k != ENVIRONMENT_KEY}
     try:
         update_config(get_config(), data)
     except ConfigError as exc:

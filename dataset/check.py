@@ -44,7 +44,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from .base import SPLITS, EpisodeDataset
-from .errors import DatasetError
+from .errors import DatasetError, check_regular_file
 
 __all__ = ["BadFile", "CheckReport", "find_bad_files", "check_dataset", "check_dataset_report", "raise_if_bad",
            "format_bad_files", "format_empty_segmentations", "main"]
@@ -86,12 +86,14 @@ class CheckReport:
 
 def _decode_image(path: str) -> Tuple[int, int]:
     """Decode fully, as the loaders do (a truncated JPEG only fails here); return (h, w)."""
+    check_regular_file(path, "frame file")
     with Image.open(path) as image:
         rgb = image.convert("RGB")
     return rgb.height, rgb.width
 
 
 def _decode_label_png(path: str) -> Tuple[int, int]:
+    check_regular_file(path, "mask file")
     with Image.open(path) as image:
         labels = np.asarray(image)
     if labels.ndim != 2:

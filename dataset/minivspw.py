@@ -38,7 +38,7 @@ from config import DEFAULTS
 
 from .base import EpisodeDataset
 from .episodes import EpisodeSpec
-from .errors import DatasetError
+from .errors import DatasetError, check_regular_file, not_a_folder
 from utils.fileio import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -124,6 +124,7 @@ def read_list_file(path: str) -> list[tuple[str, str]]:
 
 def read_label_image(path: str, what: str) -> np.ndarray:
     """A VSPW mask PNG as ``uint8 [h, w]`` class ids."""
+    check_regular_file(path, "mask file")
     try:
         with Image.open(path) as image:
             labels = np.asarray(image)
@@ -225,7 +226,7 @@ class MiniVSPWDataset(EpisodeDataset):
     def _check_layout(self, class_path: str) -> None:
         help_text = LAYOUT_HELP.format(root=self.root)
         if not os.path.isdir(self.root):
-            raise DatasetError(f"VSPW dataset directory not found: {self.root}\n{help_text}")
+            raise DatasetError(f"VSPW dataset directory not found: {self.root}{not_a_folder(self.root)}\n{help_text}")
         if not os.path.isdir(self.frames_dir):
             raise DatasetError(f"VSPW frame directory not found: {self.frames_dir}\n{help_text}")
         for path in (self.list_path, class_path):
@@ -265,6 +266,7 @@ class MiniVSPWDataset(EpisodeDataset):
 
     def load_image(self, video: str, frame: Any) -> np.ndarray:
         path = os.path.join(self.frames_dir, video, IMAGE_FOLDER, f"{frame}{IMAGE_SUFFIX}")
+        check_regular_file(path, "frame file")
         try:
             with Image.open(path) as image:
                 return np.asarray(image.convert("RGB"))

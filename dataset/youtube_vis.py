@@ -34,7 +34,7 @@ from config import DEFAULTS
 
 from .base import EpisodeDataset
 from .episodes import EpisodeSpec
-from .errors import DatasetError
+from .errors import DatasetError, check_regular_file, not_a_folder
 
 logger = logging.getLogger(__name__)
 
@@ -400,7 +400,7 @@ class YouTubeVISDataset(EpisodeDataset):
 
     def _check_layout(self) -> None:
         if not os.path.isdir(self.root) and not os.path.isfile(self.annotation_file):
-            raise DatasetError(f"YouTube-VIS dataset directory not found: {self.root}\n"
+            raise DatasetError(f"YouTube-VIS dataset directory not found: {self.root}{not_a_folder(self.root)}\n"
                                + LAYOUT_HELP.format(root=self.root))
         if not os.path.isfile(self.annotation_file):
             raise DatasetError(f"YouTube-VIS annotation file not found: {self.annotation_file}\n"
@@ -430,6 +430,7 @@ class YouTubeVISDataset(EpisodeDataset):
 
     def load_image(self, video: str, frame: int) -> np.ndarray:
         path = self.frame_path(video, frame)
+        check_regular_file(path, "frame file")
         try:
             with Image.open(path) as image:
                 return np.asarray(image.convert("RGB"))

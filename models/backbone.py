@@ -21,6 +21,8 @@ from torch import nn
 from torchvision.models.resnet import Bottleneck
 from torchvision.ops import FrozenBatchNorm2d
 
+from utils.fileio import unreadable_reason
+
 from .errors import ModelError
 
 RESNET50_BLOCKS = (3, 4, 6, 3)
@@ -159,8 +161,11 @@ def read_weights_file(path: str) -> "tuple[dict[str, torch.Tensor], list[str]]":
     Accepts a bare state dict or ``{'state_dict': ...}``, with or without the ``module.`` prefix
     of (Distributed)DataParallel; drops ``fc.*`` and ``num_batches_tracked``. Loads with
     ``weights_only=True``. Raises ModelError (naming the file) when it is absent or unreadable."""
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         raise ModelError(f"backbone weights not found: {path}. {WEIGHTS_HELP}")
+    problem = unreadable_reason(path)          # a named pipe would make torch.load wait forever
+    if problem:
+        raise ModelError(f"backbone weights {path} {problem}. {WEIGHTS_HELP}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unreadable or not a torch file

@@ -19,6 +19,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_cli(_main, argv, (DatasetError,))
 
 
+def _given(value: "int | None", default: int) -> int:
+    """An option's value, or the format's default when it was not given (0 is a value: the writer refuses it)."""
+    return default if value is None else value
+
+
 def _main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m synthetic",
@@ -44,13 +49,13 @@ def _main(argv: Sequence[str]) -> int:
     start = time.perf_counter()
     if args.format == "youtube_vis":
         write_synthetic_youtube_vis(
-            args.root, args.seed, videos_per_class=args.videos_per_class or 8,
-            frames_per_video=args.frames or 7, frame_size=(args.height, args.width),
+            args.root, args.seed, videos_per_class=_given(args.videos_per_class, 8),
+            frames_per_video=_given(args.frames, 7), frame_size=(args.height, args.width),
             portrait_videos=args.portrait_videos, overwrite=args.overwrite)
     else:
         write_synthetic_vspw(
-            args.root, args.seed, val_videos_per_class=args.videos_per_class or 6,
-            train_videos_per_class=args.train_videos_per_class, frames_per_video=args.frames or 6,
+            args.root, args.seed, val_videos_per_class=_given(args.videos_per_class, 6),
+            train_videos_per_class=args.train_videos_per_class, frames_per_video=_given(args.frames, 6),
             frame_size=(args.height, args.width), write_lists=not args.no_lists,
             overwrite=args.overwrite)
     print(f"{args.format} dataset ready in {args.root} ({time.perf_counter() - start:.1f} s)")

@@ -102,7 +102,7 @@ def check_frame_size(frame_size: Sequence[int]) -> tuple[int, int]:
     except (TypeError, ValueError):
         raise DatasetError(f"frame_size must be (height, width), got {frame_size!r}") from None
     if height < MIN_FRAME_SIDE or width < MIN_FRAME_SIDE:
-        raise DatasetError(f"frame_size {height}x{width} is too small (at least "
-                           f"{MIN_FRAME_SIDE}x{MIN_FRAME_SIDE})")
+        raise DatasetError(f"frame_size {height}x{width} (height x width) is too small: each side at least "
+                           f"{MIN_FRAME_SIDE} pixels")
     return height, width
 

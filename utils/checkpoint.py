@@ -47,7 +47,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 import numpy as np
 import torch
 
-from .fileio import atomic_torch_save
+from .fileio import atomic_torch_save, unreadable_reason
 from .plain import plain_data
 from .provenance import environment_info
 
@@ -336,8 +336,9 @@ def load_checkpoint(path: str, map_location: Any = "cpu", trusted: bool = False,
         inside = sorted(n for n in os.listdir(path) if n.endswith((".pth", ".pt")))[:5]
         raise CheckpointError(f"checkpoint {path!r} is a directory; expected a checkpoint file"
                               + (f" (it holds {', '.join(inside)})" if inside else ""))
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint {path!r} does not exist")
+    problem = unreadable_reason(path)       # a named pipe would make torch.load wait forever
+    if problem:
+        raise CheckpointError(f"checkpoint {path!r} {problem}")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=not trusted, mmap=mmap)
     except Exception as exc:  # noqa: BLE001 - every failure becomes one CheckpointError
@@ -370,6 +371,10 @@ def load_checkpoint(path: str, map_location: Any = "cpu", trusted: bool = False,
 def _unreadable(path: str, exc: Exception, trusted: bool) -> CheckpointError:
     """The error for a file torch.load refused: damage first, then the safe-mode refusal."""
     detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    kind = _text_kind(path)
+    if kind is not None:            # not a damaged checkpoint: another kind of file
+        return CheckpointError(f"checkpoint {path!r} is {kind}, not a PyTorch checkpoint; expected a .pth file "
+                               f"written by train.py, python -m vipmt.export or torch.save")
     try:
         damage = corruption_reason(path)
     except OSError as err:
@@ -386,6 +391,33 @@ def _unreadable(path: str, exc: Exception, trusted: bool) -> CheckpointError:
             f"was not loaded (safe mode). If you trust the file, pass --trust-checkpoint. "
             f"Detail: {detail}")
     return CheckpointError(f"checkpoint {path!r} could not be read: {detail}")
+
+
+TEXT_SNIFF_BYTES = 4096
+
+
+def _text_kind(path: str) -> Optional[str]:
+    """'a JSON file (...)' or 'a text file' when ``path`` starts as UTF-8 text (a checkpoint is a zip
+    archive or a pickle, both binary), else None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(TEXT_SNIFF_BYTES)
+    except OSError:
+        return None
+    if not head or b"\0" in head:
+        return None
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 4:           # not just a character cut at the end of the sample
+            return None
+        text = head[:exc.start].decode("utf-8")
+    stripped = text.lstrip()
+    if stripped.startswith(("{", "[")):
+        return "a JSON file (e.g. test.py's results or an annotation file)"
+    if all(c.isprintable() or c.isspace() for c in text):
+        return "a text file"
+    return None
 
 
 def corruption_reason(path: str) -> Optional[str]:

@@ -20,13 +20,14 @@ import io
 import json
 import os
 import shutil
+import stat
 from typing import Any, Callable
 
 from .tempnames import temp_path as _temp_path
 
 __all__ = ["WriteError", "write_error", "free_space", "write_file_checked", "fsync_file", "atomic_copy", "atomic_write",
            "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_torch_save",
-           "unwritable_reason", "read_only_mount", "describe_os_error", "failure_reason",
+           "unwritable_reason", "unreadable_reason", "read_only_mount", "describe_os_error", "failure_reason",
            "STORAGE_ERRNOS"]
 
 # OSErrors that come from the storage or its permissions, not from the code: a script reports them
@@ -190,6 +191,37 @@ def unwritable_reason(directory: str) -> "str | None":
     if not os.access(path, os.W_OK | os.X_OK):
         return f"no permission to create files in {path!r}"
     return None
+
+
+def unreadable_reason(path: str) -> "str | None":
+    """Why ``path`` cannot be read as a regular file (words that follow its name: "does not exist", "is a
+    named pipe (FIFO) ..."), or None when it is one (or a symbolic link to one).
+
+    Checked before a file is opened: opening a named pipe waits for a writer forever (cv2.imread,
+    PIL and torch.load would hang), a device reads without end, and a symbolic link that loops or
+    points nowhere looks like a missing file to ``os.path.exists``.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return f"is a symbolic link to {os.readlink(path)!r}, which does not exist"
+        return "does not exist"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "is a symbolic link that loops (it leads back to itself)"
+        return f"cannot be read: {exc.strerror or exc}"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "is a directory, not a file"
+    if stat.S_ISFIFO(mode):
+        return "is a named pipe (FIFO), not a regular file: reading it would wait for a writer"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "is a device, not a regular file"
+    if stat.S_ISSOCK(mode):
+        return "is a socket, not a regular file"
+    return "is not a regular file"
 
 
 def _fsync_directory(directory: str) -> None:

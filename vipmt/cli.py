@@ -60,7 +60,24 @@ class ScriptParser(argparse.ArgumentParser):
                               f"{self.prog} --group 1 lr=1e-4 epochs=5")
         if extra:
             self.error(f"unrecognized arguments: {' '.join(extra)}")
+        self._refuse_empty_paths(parsed)
         return parsed
+
+    def _refuse_empty_paths(self, parsed: argparse.Namespace) -> None:
+        """An empty value of a script's own option (``--checkpoint ""``, ``--output ""``: most often a shell
+        variable that is not set) is an error; argparse would pass it on, and ``--checkpoint ""`` would test
+        the default checkpoint instead. Config keys (``--run-name ""``: the default name) keep their rules."""
+        for action in self._actions:
+            if not action.option_strings or not isinstance(action, (argparse._StoreAction, argparse._AppendAction)):
+                continue
+            value = getattr(parsed, action.dest, None)
+            flat = value if isinstance(value, list) else [value]
+            flat = [v for item in flat for v in (item if isinstance(item, list) else [item])]
+            empty = next((v for v in flat if isinstance(v, str) and not v.strip()), None)
+            if empty is not None:
+                wanted = "a name" if action.metavar == "NAME" else "a path"       # predict.py --class NAME
+                raise ConfigError(f"{action.option_strings[0]} {empty!r}: an empty value (a shell variable that is "
+                                  f"not set?); give {wanted}")
 
 
 def script_parser(doc: str) -> argparse.ArgumentParser:

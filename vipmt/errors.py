@@ -17,7 +17,7 @@ from utils.checkpoint import CheckpointError
 from utils.runtime import UserError
 from utils.video import VideoTruncatedError
 
-__all__ = ["VIPMTError", "InputError", "ModelFileError", "TruncatedVideoError"]
+__all__ = ["VIPMTError", "InputError", "ModelFileError", "TruncatedVideoError", "SessionBrokenError"]
 
 
 class VIPMTError(UserError):
@@ -35,3 +35,8 @@ class ModelFileError(VIPMTError, CheckpointError):
 
 class TruncatedVideoError(VIPMTError, VideoTruncatedError):
     """A video file that ends before the frame count it declares (see `open_video(allow_truncated=...)`)."""
+
+
+class SessionBrokenError(VIPMTError, RuntimeError):
+    """A session used after its model work was cut off mid-clip (Ctrl-C / a notebook's stop button, an
+    out-of-memory error): its model state may be half updated, so it takes no more frames."""

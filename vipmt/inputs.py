@@ -14,8 +14,10 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 
 from models.vipmt import SHOTS
+from utils.fileio import unreadable_reason
 
 from .errors import InputError
 
@@ -42,11 +44,19 @@ def _from_torch(x: Any, channels_first: bool = False) -> Any:
     return x.numpy()
 
 
+def _readable(path: str, what: str) -> str:
+    """``path`` if it is a regular file; else InputError naming it (a named pipe would block cv2.imread)."""
+    problem = unreadable_reason(path)
+    if problem:
+        raise InputError(f"cannot read {what} {path!r}: it {problem}")
+    return path
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """An image file -> RGB uint8 [h, w, 3]."""
-    image = cv2.imread(os.fspath(path), cv2.IMREAD_COLOR)
+    image = cv2.imread(_readable(os.fspath(path), "image"), cv2.IMREAD_COLOR)
     if image is None:
-        raise InputError(f"cannot read image {os.fspath(path)!r} (missing or not an image)")
+        raise InputError(f"cannot read image {os.fspath(path)!r} (not an image OpenCV can decode)")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
@@ -82,10 +92,32 @@ def _rgb_hint(image: np.ndarray, torch_input: bool = False) -> str:
     return ""
 
 
+def _palette_indices(path: str) -> np.ndarray | None:
+    """The indices of a palette (indexed-colour) image, e.g. DAVIS / YouTube-VOS annotations, whose index
+    is the object id (OpenCV would expand them to the palette's colours); None for other images."""
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image) if image.mode == "P" else None
+    except (OSError, ValueError, SyntaxError):       # PIL cannot read it: OpenCV may (and says so if not)
+        return None
+
+
 def _read_mask(path: str) -> np.ndarray:
+    _readable(path, "support mask")
+    indices = _palette_indices(path)
+    if indices is not None:
+        objects = sorted(set(np.unique(indices).tolist()) - {0})
+        if len(objects) > 1:
+            raise InputError(f"support mask {path!r} is a palette (indexed) image of {len(objects)} objects (indices "
+                             f"{', '.join(map(str, objects[:6]))}{', ...' if len(objects) > 6 else ''}); a support mask "
+                             f"marks one object: save one object's pixels as the mask, e.g. (indices == 1) as 0/255")
+        return indices
     mask = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     if mask is None:
-        raise InputError(f"cannot read support mask {path!r} (missing or not an image)")
+        raise InputError(f"cannot read support mask {path!r} (not an image OpenCV can decode)")
+    if mask.ndim == 3 and mask.shape[2] == 4 and not mask[..., :3].any() and mask[..., 3].min() < mask[..., 3].max():
+        raise InputError(f"support mask {path!r} is black in its colour channels and marks pixels only in its alpha "
+                         f"(transparency) channel, which is not read; save the object as 255 (white) on 0 (black)")
     return mask[..., :3].max(axis=2) if mask.ndim == 3 else mask
 
 

@@ -81,8 +81,13 @@ def model_from_checkpoint(trained: TrainedCheckpoint, image_size: Sequence[int],
 
     device = device if isinstance(device, torch.device) else resolve_device(str(device))
     model = VIPMT(backbone_weights=None, image_size=tuple(image_size))   # the checkpoint holds the backbone
-    load_model_state(model, trained.contents["state_dict"], source=f"checkpoint {trained.path!r}",
-                     hint=CHECKPOINT_HINT)
+    trained_size = trained.image_size
+    hint = CHECKPOINT_HINT
+    if trained_size is not None and list(trained_size) != list(image_size):
+        size = ",".join(str(side) for side in trained_size)
+        hint = (f"The model was trained with image_size={size} (its config), and the score head's size depends on "
+                f"the image size: test it at {size} (leave image_size out: the checkpoint's size is the default)")
+    load_model_state(model, trained.contents["state_dict"], source=f"checkpoint {trained.path!r}", hint=hint)
     return LoadedModel(model=model.to(device).eval(), config=trained.config, description=trained.description)
 
 

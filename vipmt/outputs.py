@@ -41,7 +41,7 @@ from utils.runtime import UserError
 from utils.video import VideoWriter
 from utils.visualize import tint
 
-__all__ = ["OUTPUT_NAMES", "PredictionOutputs", "check_output_folder"]
+__all__ = ["OUTPUT_NAMES", "PredictionOutputs", "check_output_folder", "check_inputs_outside"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +97,20 @@ def check_output_folder(out_dir: str, overwrite: bool, recovered: str = "") -> N
                         f"pass --overwrite to replace an earlier run's outputs, or choose an empty folder")
 
 
+def check_inputs_outside(out_dir: str, inputs: Mapping[str, Sequence[str]]) -> None:
+    """Refuse inputs (``{option: paths}``: the video, the supports) that lie among the outputs a run in
+    ``out_dir`` writes and replaces (masks/, overlay.mp4, predictions.json): the swap would delete them."""
+    outputs = [os.path.realpath(os.path.join(out_dir, name)) for name in OUTPUT_NAMES]
+    for option, paths in inputs.items():
+        for path in paths:
+            real = os.path.realpath(path)
+            for output in outputs:
+                if real == output or real.startswith(output + os.sep):
+                    raise UserError(f"{option} {path!r} is among the outputs that a run into --output {out_dir!r} "
+                                    f"replaces ({os.path.relpath(output, os.path.realpath(out_dir))}); copy it out "
+                                    f"of there first, or choose another --output")
+
+
 def class_color(number: int) -> Tuple[int, int, int]:
     """The overlay colour (RGB) of the class given in position ``number`` (0: red)."""
     return CLASS_COLORS_RGB[number % len(CLASS_COLORS_RGB)]
@@ -123,9 +137,10 @@ def _move(source: str, target: str) -> None:
 class PredictionOutputs:
     """The output folder of one predict.py run (see the module docstring)."""
 
-    def __init__(self, out_dir: str, *, overwrite: bool):
+    def __init__(self, out_dir: str, *, overwrite: bool, inputs: Optional[Mapping[str, Sequence[str]]] = None):
         self.out_dir = os.fspath(out_dir)
         self.overwrite = overwrite
+        self.inputs = dict(inputs or {})          # {option: paths} read by the run: never among its outputs
         self._created = not os.path.exists(self.out_dir)
         self._lock = RunLock(self.out_dir, label=f"--output {self.out_dir!r}",
                              advice="Wait for that run to finish or stop it, or choose another --output.")
@@ -135,6 +150,7 @@ class PredictionOutputs:
         # before the lock creates the folder; a swap that a killed run left half done is recovered
         # (under the lock) before the folder's emptiness is judged, --overwrite or not
         check_output_folder(self.out_dir, self.overwrite or self._swap_interrupted())
+        check_inputs_outside(self.out_dir, self.inputs)
         try:
             self._lock.acquire()
         except OSError as exc:       # e.g. a full disk while the lock writes its record

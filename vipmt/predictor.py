@@ -25,7 +25,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from config.config import DEFAULTS, ConfigError
+from config.config import DEFAULTS, ConfigError, check_values
 from dataset.transforms import TestTransform
 from models import VIPMT, ModelError, VideoSegmenter
 from utils.checkpoint import CheckpointError
@@ -64,14 +64,20 @@ def _per_video_supports(support_images: Any, support_masks: Any, count: int) -> 
 
 
 def check_settings(*, memory_threshold: float | None = None, memory_size: int | None = None,
-                   memory_pool_size: int | None = None, clip_length: int | None = None) -> None:
+                   memory_pool_size: int | None = None, clip_length: int | None = None,
+                   seed: int | None = None) -> None:
     """InputError for a Predictor setting out of range (None: not given, not checked)."""
     if memory_threshold is not None and not 0.0 <= memory_threshold <= 1.0:
         raise InputError(f"memory_threshold={memory_threshold}: expected a value in [0, 1]")
     for key, value, least in (("memory_size", memory_size, 1), ("memory_pool_size", memory_pool_size, 0),
-                              ("clip_length", clip_length, 1)):
+                              ("clip_length", clip_length, 1), ("seed", seed, 0)):
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
             raise InputError(f"{key}={value!r}: expected an integer >= {least}")
+    if seed is not None:
+        try:
+            check_values({"seed": seed})          # the config's rule of seeds
+        except ConfigError as error:
+            raise InputError(str(error)) from None
 
 
 class Predictor:
@@ -96,7 +102,7 @@ class Predictor:
                  memory_pool_size: int = DEFAULTS.predictor_memory_pool_size,
                  clip_length: int = DEFAULTS.clip_length, bf16: bool = DEFAULTS.test_bf16, seed: int = DEFAULTS.seed):
         check_settings(memory_threshold=memory_threshold, memory_size=memory_size,
-                       memory_pool_size=memory_pool_size, clip_length=clip_length)
+                       memory_pool_size=memory_pool_size, clip_length=clip_length, seed=seed)
         self.segmenter = VideoSegmenter(model, clip_length=clip_length, memory_threshold=memory_threshold,
                                         memory_size=memory_size, memory_pool_size=memory_pool_size,
                                         autocast_dtype=torch.bfloat16 if bf16 else None)

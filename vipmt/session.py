@@ -30,7 +30,7 @@ import torch
 from dataset.transforms import letterbox_geometry
 from models import SupportEncoding, VideoSegmenter, VideoSession
 
-from .errors import InputError
+from .errors import InputError, SessionBrokenError
 from .inputs import MAX_SUPPORTS, as_rgb_frame, prepare_supports
 
 __all__ = ["FrameResult", "Session", "ClassesSession", "PendingFramesWarning", "unletterbox"]
@@ -184,6 +184,7 @@ class _FrameStream:
         self._first_shape: tuple | None = None
         self._no_mask: np.ndarray | None = None
         self._closed = False
+        self._broken: str | None = None         # what cut a clip's model work off (then no more frames)
         weakref.finalize(self, _warn_pending, self._pending, type(self).__name__, "was garbage-collected")
 
     @property
@@ -195,9 +196,17 @@ class _FrameStream:
         """Frames added but not segmented yet (fewer than a clip; `flush()` segments them)."""
         return len(self._pending.frames)
 
-    def _add(self, frame: Any, name: str | None) -> list[dict]:
+    def _check_usable(self) -> None:
+        if self._broken is not None:
+            raise SessionBrokenError(f"this {type(self).__name__} was interrupted by {self._broken}: its model state "
+                                     f"(memory, reliable frames) may be half updated and those frames have no "
+                                     f"results, so it takes no more frames. Start a new session and add the "
+                                     f"video's frames again from its first frame")
         if self._closed:
             raise InputError(f"this {type(self).__name__} is closed; start a new one for another video")
+
+    def _add(self, frame: Any, name: str | None) -> list[dict]:
+        self._check_usable()
         index = self._frames_added
         frame = as_rgb_frame(frame, f"frame {index}")
         if self._first_shape is None:
@@ -215,11 +224,11 @@ class _FrameStream:
         return self._segment_clip()
 
     def _flush(self) -> list[dict]:
+        self._check_usable()
         return self._segment_clip() if self._pending.frames else []
 
     def _add_support(self, key: Hashable, frame: Any, mask: Any) -> None:
-        if self._closed:
-            raise InputError(f"this {type(self).__name__} is closed; start a new one for another video")
+        self._check_usable()
         # a clip being filled holds frames added before this call: the clip after it is the first to use it
         first_clip = self._clips_done + (1 if self._pending.frames else 0)
         self._classes[key].add_support(self.predictor, frame, mask, first_clip)
@@ -228,9 +237,14 @@ class _FrameStream:
         clip = list(self._pending.frames)
         self._pending.frames.clear()
         number, self._clips_done = self._clips_done, self._clips_done + 1
-        engines = [state.engine_for_clip(self.predictor, number) for state in self._classes.values()]
-        steps = self.predictor.segmenter.step_classes(engines, torch.cat([f.image for f in clip]),
-                                                      probabilities=self.return_probabilities)
+        try:
+            engines = [state.engine_for_clip(self.predictor, number) for state in self._classes.values()]
+            steps = self.predictor.segmenter.step_classes(engines, torch.cat([f.image for f in clip]),
+                                                          probabilities=self.return_probabilities)
+        except BaseException as error:     # KeyboardInterrupt included: the engines may be half stepped
+            self._broken = (f"{type(error).__name__} while it segmented frames {clip[0].index}-{clip[-1].index} "
+                            f"(clip {number + 1})")
+            raise
         results = []
         for t, frame in enumerate(clip):
             per_class = {}

@@ -66,10 +66,16 @@ def results_path(cfg, checkpoint: Optional[str]) -> str:
     return os.path.join(folder, RESULTS_FOLDER, f"test_{name}_{seeds}.json")
 
 
-def check_output_locations(*, output: str, save_vis: Optional[str]) -> None:
-    """Refuse, before any model is loaded, outputs that cannot be written (UserError naming the path)."""
+def check_output_locations(*, output: str, save_vis: Optional[str], given: bool = True) -> None:
+    """Refuse, before any model is loaded, outputs that cannot be written (UserError naming the path), and
+    an existing ``--output`` (``given``: not the default path in the run's test/ folder) that is not a
+    results file of test.py: the results would replace it (a checkpoint, an annotation file ...)."""
     if os.path.isdir(output):
         raise UserError(f"--output {output!r} is a directory; expected the path of the results JSON file")
+    other = _not_results_file(output) if given else None
+    if other:
+        raise UserError(f"--output {output!r} already exists and is not a results file of test.py ({other}); "
+                        f"test.py replaces only its own results. Choose another --output path")
     reason = unwritable_reason(os.path.dirname(os.path.abspath(output)))
     if reason:
         raise UserError(f"cannot write the results file {output!r}: {reason}")
@@ -79,6 +85,29 @@ def check_output_locations(*, output: str, save_vis: Optional[str]) -> None:
         reason = unwritable_reason(save_vis)
         if reason:
             raise UserError(f"cannot write the overlays to {save_vis!r}: {reason}")
+
+
+RESULTS_KEYS = ("aggregate", "runs")          # what marks a JSON file as test.py's results
+
+
+def _not_results_file(path: str) -> Optional[str]:
+    """What the existing file ``path`` is, when it is not a results JSON of test.py (None: absent, or one)."""
+    if not os.path.lexists(path):
+        return None
+    if not os.path.isfile(path):
+        return "not a regular file"
+    with open(path, "rb") as f:
+        head = f.read(64).lstrip()
+    if not head.startswith(b"{"):
+        return f"a {os.path.getsize(path)}-byte file that is not JSON (a checkpoint, a video ...?)"
+    try:
+        with open(path, encoding="utf-8") as f:
+            found = json.load(f)
+    except (OSError, ValueError):
+        return "a file that does not parse as JSON"
+    if not isinstance(found, dict) or not all(key in found for key in RESULTS_KEYS):
+        return "a JSON file without test.py's 'aggregate' and 'runs'"
+    return None
 
 
 def results_lock(output: str):
@@ -171,8 +200,9 @@ def run_test(values: Mapping[str, Any], *, checkpoint: Optional[str] = None, out
         hint = (f"train first (python train.py --group {cfg.group}) or pass --checkpoint PATH"
                 if checkpoint is None else "check the path")
         raise UserError(f"checkpoint {path!r} does not exist; {hint}")
+    given = output is not None
     output = output or results_path(cfg, checkpoint)
-    check_output_locations(output=output, save_vis=save_vis)
+    check_output_locations(output=output, save_vis=save_vis, given=given)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     with results_lock(output):                                        # rank 0, before the process group
         dist_info = init_distributed(resolve_device(cfg.device).type)    # fewer GPUs than processes: UserError

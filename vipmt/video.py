@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import torch
 
+from utils.fileio import unreadable_reason
 from utils.video import VideoReader, VideoTruncatedError
 
 from .errors import InputError, TruncatedVideoError
@@ -53,7 +54,8 @@ class VideoSource:
                 # allow_truncated: keep the frames before a cut or an undecodable frame (else an error)
                 self._reader = VideoReader(self._path, allow_truncated=allow_truncated)
             else:
-                raise InputError(f"video {self._path!r} does not exist (give a video file or a folder of frames)")
+                raise InputError(f"video {self._path!r} {unreadable_reason(self._path) or 'cannot be read'} (give a "
+                                 f"video file or a folder of frames)")
         elif isinstance(video, np.ndarray):
             if video.ndim != 4 or video.shape[-1] != 3 or video.dtype != np.uint8:
                 raise InputError(f"a video array must be RGB uint8 [T, h, w, 3]; got {video.dtype} {list(video.shape)}")
