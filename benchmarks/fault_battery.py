@@ -26,8 +26,6 @@ the faults handled; this battery is how the faults not listed there were found.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import errno
 import hashlib
 import json
 import os
@@ -39,7 +37,7 @@ import textwrap
 import threading
 import time
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -1200,7 +1198,6 @@ def _(case):
     out = case.path("out")
     shutil.copytree(case.fx["pred_out"], out)
     import cv2
-    import numpy as np
 
     mask = os.path.join(out, "masks", "00002.png")
     _write_png(mask, cv2.imread(case.fx["sup_mask"], cv2.IMREAD_GRAYSCALE))   # a corrected mask

@@ -19,7 +19,7 @@ from PIL import Image
 
 from config import ConfigError, apply_overrides, get_config, read_config_file
 from dataset import DatasetError
-from scripts_support import TINY, error_line, load_script, run, write_dataset
+from scripts_support import TINY, error_line, load_script, write_dataset
 from utils.checkpoint import CheckpointError, load_checkpoint
 from utils.runtime import UserError
 from vipmt import InputError, Predictor
