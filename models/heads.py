@@ -62,19 +62,30 @@ class ScoreHead(nn.Module):
     def forward(self, levels: dict[str, torch.Tensor], pfe: torch.Tensor) -> torch.Tensor:
         """levels {'0'..'3'} [N,C_k,h_k,w_k] backbone features; pfe [N,5,h,w] -> score [N] in (0,1)."""
         x = F.relu(self.donw_samp(levels["0"]))
-        # fuse_conv1 of cat(x, layer2, layer3, layer4) as conv_x(x) + conv_rest(cat(layer2..4)): the
-        # backbone levels carry no gradient, so backward skips their 3584-channel input gradient
-        # (training: 4.7 -> 3.4 s per 5 frames on one core).
-        fuse = self.fuse_conv1
-        weight_x, weight_levels = fuse.weight.split([x.shape[1], fuse.in_channels - x.shape[1]], dim=1)
-        x = (F.conv2d(x, weight_x, fuse.bias, padding=fuse.padding)
-             + F.conv2d(torch.cat((levels["1"], levels["2"], levels["3"]), dim=1), weight_levels, padding=fuse.padding))
+        x = self._fuse_levels(x, torch.cat((levels["1"], levels["2"], levels["3"]), dim=1))
         x = F.relu(self.fuse_conv2(F.relu(x)))
         x = torch.cat((x, pfe), dim=1)
         for conv in (self.conv1, self.conv2, self.conv3, self.conv4):
             x = F.relu(conv(x))
         x = F.relu(self.fc1(rearrange(x, "n c h w -> n (c h w)")))
         return self.fc2(x).sigmoid().squeeze(1)
+
+    def _fuse_levels(self, x: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+        """fuse_conv1 of cat(x, levels): x [N,256,h,w] (trained), levels [N,3584,h,w] (no gradient) -> [N,256,h,w].
+
+        The value is one convolution of the whole concatenation, as the authors compute it: splitting
+        it into conv(x) + conv(levels) rounds differently, and on some CPUs (Intel AMX) that alone
+        moved the golden gradient sums of the score head past their 1e-3 tolerance (1.2e-3; 7.0e-4
+        with the single convolution, tests/test_grads_golden.py). The gradient reaches x through
+        the term conv(x) - conv(x).detach(), exactly zero in value, so backward computes the input
+        gradient of x's 256 channels only, not of the 3584 level channels that nothing reads.
+        """
+        fuse = self.fuse_conv1
+        value = fuse(torch.cat((x.detach(), levels), dim=1))          # weight and bias gradients, as the authors'
+        if not (torch.is_grad_enabled() and x.requires_grad):
+            return value
+        to_x = F.conv2d(x, fuse.weight[:, :x.shape[1]].detach(), padding=fuse.padding)
+        return value + (to_x - to_x.detach())
 
 
 class BoxUpsampler(nn.Module):
