@@ -232,6 +232,7 @@ def test_a_test_json_of_the_wrong_shape_is_named_by_collect_and_tested_again(rep
     assert "(the test results" in (out / "reproduce_youtube_vis/reproduce.log").read_text()
 
 
+@pytest.mark.slow
 def test_a_damaged_fold_last_pth_says_how_to_go_on(reproduced, tmp_path, capsys):
     argv, out, _ = reproduced
     out = _copy(out, tmp_path / "out")
