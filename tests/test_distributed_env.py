@@ -91,8 +91,9 @@ def _script(name, data, out, env):
     return proc, time.time() - started
 
 
-@pytest.mark.parametrize("rank", ["0", "1"])
-@pytest.mark.parametrize("name", ["train", "test"])
+# both scripts and both ranks (rank 0 hosts the store, rank 1 connects to it), each script once: the
+# rendezvous is one function (utils.distributed.init_distributed) that both call
+@pytest.mark.parametrize("name, rank", [("train", "0"), ("test", "1")])
 @pytest.mark.slow
 def test_stale_torchrun_variables_end_within_the_rendezvous_timeout(data, tmp_path, name, rank):
     """RANK 0 waits for a process 1 that never comes; RANK 1 for a rank 0 that is not there."""
