@@ -216,7 +216,11 @@ def evaluate_split(cfg, segmenter, *, device: torch.device, seed: int, vis_dir: 
 
 
 def _log_sharing(plan: Mapping[str, int]) -> None:
-    if plan["shared_queries"]:
+    if plan["shared_queries"] and plan["encoded_frames"] == plan["query_frames"]:
+        logger.info("%d of the %d queries share their video with another class, but no clip of the same frames: "
+                    "the backbone encodes all %d query frames", plan["shared_queries"], plan["queries"],
+                    plan["query_frames"])
+    elif plan["shared_queries"]:
         logger.info("%d of the %d queries share their video with another class: the backbone encodes %d query "
                     "frames instead of %d (clips they share once)", plan["shared_queries"], plan["queries"],
                     plan["encoded_frames"], plan["query_frames"])
