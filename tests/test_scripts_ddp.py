@@ -1,6 +1,10 @@
 """train.py and test.py under torchrun with 2 CPU processes (gloo): two local "nodes" over the c10d rendezvous, and an
 elastic restart (--max-restarts 1) after SIGKILL of a worker that --auto-resume continues exactly;
-test.py's videos shared out between 2 processes."""
+test.py's videos shared out between 2 processes.
+
+The training runs use the stand-in network (tests/standin_train.py: train.py with everything but the network):
+what is tested is torchrun's plumbing around the loop (rendezvous, ranks, RNG states, the restart). The real
+network under DDP is tests/test_episode_ddp.py's; test.py here runs the real one."""
 import json
 import math
 import os
@@ -16,6 +20,8 @@ import torch
 from scripts_support import REPO, assert_same_run, load_script, run, tiny, write_dataset
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)
+# Every clip of the elastic run takes this long: the worker is killed between step 1's last.pth and step 2's.
+ELASTIC_ENV = dict(ENV, STANDIN_SECONDS_PER_CLIP="0.5")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 # 2 training classes x 2 episodes = 2 steps per rank in one epoch; last.pth after step 1 (inside the epoch).
 SETTINGS = tiny("episodes_per_class=2", "checkpoint_every_iters=1")
@@ -24,7 +30,7 @@ TIMEOUT_S = 1200          # per torchrun: a loaded 2-core machine took over 600 
 
 
 def _train_args(data, out, run_name):
-    return [os.path.join(REPO, "train.py"), "--data-root", data, "--device", "cpu", "--backbone-weights", "none",
+    return [os.path.join(REPO, "tests", "standin_train.py"), "--data-root", data, "--device", "cpu", "--backbone-weights", "none",
             "--output-dir", str(out), "--run-name", run_name] + SETTINGS
 
 
@@ -87,7 +93,8 @@ def test_elastic_restart_after_sigkill_ends_with_the_uninterrupted_weights(two_n
     run_dir = root / "runs" / "elastic"
     proc = subprocess.Popen(TORCHRUN + ["--standalone", "--nproc_per_node", "2", "--max-restarts", "1"]
                             + _train_args(data, root / "runs", "elastic") + ["--auto-resume"],
-                            cwd=str(root), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            cwd=str(root), env=ELASTIC_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
     try:
         deadline = time.time() + TIMEOUT_S
         while not (run_dir / "last.pth").exists() and proc.poll() is None and time.time() < deadline:
