@@ -1,8 +1,10 @@
 """The test tiers (pytest.ini, tests/conftest.py, scripts/run_tests.sh): markers are registered and a typo
 is an error, a test over the time limit without the `slow` marker fails, and the quick tier
-(`-m "not slow"`) keeps a test of every module that has a fast one."""
+(`-m "not slow"`) keeps a test of every module that has a fast one; under pytest-xdist each module stays on one
+worker, and the golden modules share one."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -103,3 +105,55 @@ def test_the_quick_tier_has_a_test_of_every_module_that_has_a_fast_one():
     modules = {path.name for path in (ROOT / "tests").glob("test_*.py")}
     assert len(quick) >= 150
     assert sorted(modules - quick_modules - ALL_SLOW_MODULES) == []
+
+
+def test_the_golden_modules_share_a_worker_and_the_listed_modules_exist():
+    import conftest
+
+    golden = {conftest.worker_group(f"tests/{module}::test_x[case]") for module in conftest.SAME_WORKER}
+    assert len(golden) == 1 and conftest.worker_group("tests/test_metrics.py::test_y") == "test_metrics.py"
+    modules = {path.name for path in (ROOT / "tests").glob("test_*.py")}
+    assert set(conftest.SAME_WORKER) <= modules          # a renamed module would silently leave its group
+    assert set(conftest.LONGEST_FIRST) - golden <= modules
+
+
+GROUPED_TESTS = """
+import os
+from pathlib import Path
+
+def test_where():
+    (Path(os.environ["WHERE_DIR"]) / (Path(__file__).stem + "_" + os.environ["PYTEST_XDIST_WORKER"])).touch()
+"""
+
+
+@pytest.mark.slow
+def test_two_workers_keep_each_module_together_and_the_golden_ones_on_one(tmp_path):
+    """scripts/run_tests.sh's `-n 2 --dist loadscope --no-loadscope-reorder` with tests/conftest.py's scheduler,
+    on the installed pytest and pytest-xdist (their own --dist loadgroup stopped working with pytest 9)."""
+    where = tmp_path / "where"
+    where.mkdir()
+    tests = tmp_path / "tests"
+    tests.mkdir()
+    names = ["test_grads_golden", "test_model_golden", "test_a", "test_b", "test_c"]
+    for name in names:
+        (tests / f"{name}.py").write_text(GROUPED_TESTS + "".join(
+            f"\n\ndef test_{i}():\n    test_where()\n" for i in range(4)))
+    (tests / "conftest.py").write_text(
+        "import importlib.util\n"
+        f"spec = importlib.util.spec_from_file_location('repo_conftest', {str(ROOT / 'tests' / 'conftest.py')!r})\n"
+        "repo = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(repo)\n"
+        "pytest_xdist_make_scheduler = repo.pytest_xdist_make_scheduler\n"
+        "pytest_collection_modifyitems = repo.pytest_collection_modifyitems\n")
+    done = subprocess.run([sys.executable, "-m", "pytest", "-c", str(ROOT / "pytest.ini"), "--rootdir", str(tmp_path),
+                           "-p", "no:cacheprovider", "-q", "-n", "2", "--dist", "loadscope", "--no-loadscope-reorder",
+                           "tests"], cwd=str(tmp_path), capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, WHERE_DIR=str(where)))
+    assert done.returncode == 0 and "25 passed" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
+    workers = {}
+    for marker in where.iterdir():
+        module, worker = marker.name.rsplit("_", 1)
+        workers.setdefault(module, set()).add(worker)
+    assert sorted(workers) == sorted(names) and all(len(w) == 1 for w in workers.values()), workers
+    assert workers["test_grads_golden"] == workers["test_model_golden"]
+    assert len(set().union(*workers.values())) == 2                     # both workers had work
