@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
-cores=$(.venv/bin/python -c "import os; print(len(os.sched_getaffinity(0)))")
+cores=$(.venv/bin/python -c "import os; print(len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1)")
 workers=${VIPMT_TEST_WORKERS:-$(( cores < 2 ? cores : 2 ))}
 parallel=()
 if [ "$workers" -gt 1 ]; then
